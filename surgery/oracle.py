@@ -1,0 +1,116 @@
+"""The exactness oracle: is a pruned model the original with dropped inputs zeroed?
+
+Removing channels is exactly equivalent to keeping them and zeroing the weight
+slices of the layers that read them (conv/linear input columns; a depthwise or
+grouped conv's whole removed groups), as long as no normalisation across channels
+(LayerNorm, GroupNorm over several groups) sees them. The oracle finds which slices
+the pruned model kept by *matching weight values*, so it does not trust the engine's
+bookkeeping: use it with random float64 weights, where every value is unique.
+
+Example:
+    >>> import torch, surgery
+    >>> from models import create
+    >>> m = create("resnet20").double().eval()
+    >>> _ = surgery.oracle.randomize(m, seed=0)
+    >>> x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    >>> p = surgery.prune(m, x, ratio=0.5)
+    >>> surgery.oracle.max_error(m, p, x) < 1e-9
+    True
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from surgery.tracing import as_inputs
+
+__all__ = ["randomize", "kept_indices", "zeroed_reference", "max_error"]
+
+_CONV = nn.modules.conv._ConvNd
+_CONVT = nn.modules.conv._ConvTransposeNd
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and random normalisation statistics, so nothing is trivially zero."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            for name, p in m.named_parameters(recurse=False):
+                fan_in = p[0].numel() if p.dim() > 1 else 4
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) / fan_in ** 0.5)
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model
+
+
+def kept_indices(original: torch.Tensor, pruned: torch.Tensor) -> tuple[list, list]:
+    """Rows and columns (dims 0 and 1) of ``original`` that survive in ``pruned``.
+
+    Works by locating values, so it needs unique values (random float64 weights).
+    """
+    w = original.detach().reshape(original.shape[0], original.shape[1], -1)
+    p = pruned.detach().reshape(pruned.shape[0], pruned.shape[1], -1)
+    hits = (w == p[0, 0, 0]).nonzero()
+    if len(hits) != 1:
+        raise ValueError("weights are not unique: randomize the model in float64 first")
+    r0, c0, k0 = hits[0].tolist()
+    col_of = {v: i for i, v in enumerate(w[r0, :, k0].tolist())}
+    row_of = {v: i for i, v in enumerate(w[:, c0, k0].tolist())}
+    return [row_of[v] for v in p[:, 0, 0].tolist()], [col_of[v] for v in p[0, :, 0].tolist()]
+
+
+def zeroed_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
+    """A copy of ``original`` with every input slice that ``pruned`` dropped set to zero."""
+    ref = copy.deepcopy(original)
+    kept = dict(pruned.named_modules())
+    with torch.no_grad():
+        for name, m in ref.named_modules():
+            p = kept.get(name)
+            if isinstance(m, (_CONV, nn.Linear)) and p is not None and p.weight.shape != m.weight.shape:
+                _zero_inputs(m, p)
+    return ref
+
+
+def _zero_inputs(m: nn.Module, p: nn.Module) -> None:
+    rows, cols = kept_indices(m.weight, p.weight)
+    w = m.weight
+    if isinstance(m, _CONVT):  # [cin, cout/g, ...]: rows are inputs
+        w[_others(w.shape[0], rows)] = 0
+        return
+    w[:, _others(w.shape[1], cols)] = 0
+    if isinstance(m, _CONV) and p.groups < m.groups:  # removed groups read removed channels
+        w[_others(w.shape[0], rows)] = 0
+
+
+def _others(n: int, keep: list) -> list:
+    s = set(keep)
+    return [i for i in range(n) if i not in s]
+
+
+def max_error(original: nn.Module, pruned: nn.Module, example_inputs: Any) -> float:
+    """Largest difference between ``pruned`` and the zeroed original (eval mode), relative
+    to the largest output magnitude of the reference."""
+    ref = zeroed_reference(original, pruned).eval()
+    args, kwargs = as_inputs(example_inputs)
+    was = pruned.training
+    pruned.eval()
+    try:
+        with torch.no_grad():
+            a, b = _flat(ref(*args, **kwargs)), _flat(pruned(*args, **kwargs))
+    finally:
+        pruned.train(was)
+    scale = max(float(x.abs().max()) for x in a) or 1.0
+    return max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
+
+
+def _flat(out: Any) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for o in out for t in _flat(o)]

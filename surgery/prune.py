@@ -1,0 +1,100 @@
+"""``surgery.prune``: the one-call pruning entry point."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import criteria as _criteria
+from surgery.groups import ChannelGraph
+from surgery.rewrite import rewrite
+from surgery.scoring import group_view
+from surgery.trace import trace
+from surgery.tracing import as_inputs
+
+__all__ = ["prune", "check_ratio", "select_removal", "verify_outputs"]
+
+
+def check_ratio(ratio: Any, name: str = "ratio") -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise TypeError(f"{name} must be a number in [0, 1), got {ratio!r}")
+    if not 0.0 <= ratio < 1.0 or math.isnan(ratio):
+        raise ValueError(f"{name} must be in [0, 1) (the fraction of channels to remove), got {ratio}")
+    return float(ratio)
+
+
+def n_remove(size: int, ratio: float) -> int:
+    """``floor(ratio * size)`` channels, always keeping at least one."""
+    return max(0, min(int(math.floor(ratio * size + 1e-9)), size - 1))
+
+
+def select_removal(graph: ChannelGraph, criterion: Any, ratio: float) -> np.ndarray:
+    """Variable roots of the lowest-scoring units, ``floor(ratio*size)`` per prunable group."""
+    removed = []
+    for group in graph.prunable_groups:
+        k = n_remove(group.size, ratio)
+        if k == 0:
+            continue
+        scores = criterion.score(group_view(graph, group))
+        if scores.shape != (group.size,):
+            raise ValueError(f"{type(criterion).__name__} returned scores of shape {tuple(scores.shape)} "
+                             f"for group {group.index} of {group.size} channels")
+        drop = torch.argsort(scores, stable=True)[:k].numpy()
+        removed.append(group.units[drop])
+    return np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+
+
+def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any = "l1",
+          ignored_layers: Iterable = (), leaf_modules: Iterable = (), inplace: bool = False) -> nn.Module:
+    """Remove ``floor(ratio * size)`` channels from every prunable group.
+
+    Channels that reach a model output are never pruned, so the classifier needs no
+    listing. The user's model is left untouched unless ``inplace=True``.
+
+    Example:
+        >>> import torch, surgery
+        >>> from models import create
+        >>> model = create("resnet20")
+        >>> small = surgery.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5)
+        >>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+        True
+    """
+    ratio = check_ratio(ratio)
+    crit = _criteria.get(criterion)
+    graph = trace(model, example_inputs, leaf_modules=leaf_modules, ignored_layers=ignored_layers)
+    removed = select_removal(graph, crit, ratio)
+    pruned = rewrite(model, graph, removed, inplace=inplace)
+    verify_outputs(graph, pruned, example_inputs)
+    return pruned
+
+
+def verify_outputs(graph: ChannelGraph, pruned: nn.Module, example_inputs: Any) -> None:
+    """Run ``pruned`` on the example inputs; output shapes must equal the traced ones."""
+    from surgery.rules.context import VALUE_KEY
+    args, kwargs = as_inputs(example_inputs)
+    modes = {m: m.training for m in pruned.modules()}
+    pruned.eval()
+    try:
+        with torch.no_grad():
+            out = pruned(*args, **kwargs)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    expected = [n for n in graph.gm.graph.nodes if n.op == "output"][0]
+    want = _shapes(expected.args[0], lambda n: n.meta.get(VALUE_KEY))
+    got = _shapes(out, lambda t: t.shape if isinstance(t, torch.Tensor) else None)
+    if want != got:
+        raise RuntimeError(f"internal error: the pruned model's output shapes {got} differ from "
+                           f"the original {want}; please report this model")
+
+
+def _shapes(obj: Any, leaf) -> Any:
+    if isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        return [_shapes(o, leaf) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _shapes(v, leaf) for k, v in obj.items()}
+    v = leaf(obj)
+    return tuple(v) if isinstance(v, torch.Size) else None

@@ -1,0 +1,127 @@
+"""What a rule sees: the node, its inputs' shapes and channel axes, and the
+operations it may perform (fresh variables, unify, freeze, record slots and patches).
+
+Channel axes of a tensor are a dict ``{dim: vars}`` where ``vars`` is a 1-D array of
+variable ids as long as the tensor's size at ``dim``. An empty dict is a tensor whose
+channels are not tracked (a model input, a constant). Non-tensors have ``None`` and
+tuples/lists of tensors have a list of axes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgery.variables import VarTable
+
+__all__ = ["Axes", "Slot", "Patch", "RuleContext", "AXES_KEY", "VALUE_KEY"]
+
+Axes = dict  # dict[int, np.ndarray]
+AXES_KEY = "surgery.axes"
+VALUE_KEY = "surgery.value"
+
+
+@dataclass
+class Slot:
+    """One prunable dimension of one layer or parameter.
+
+    ``kind`` is ``"producer"`` (creates the channels: conv/linear output),
+    ``"consumer"`` (reads them: conv/linear input), ``"per_channel"`` (BN, LayerNorm,
+    PReLU, depthwise) or ``"param"`` (a raw parameter read through ``get_attr``).
+    """
+    name: str
+    role: str  # "out", "in", or "dim<d>" for raw parameters
+    kind: str
+    vars: np.ndarray
+
+
+@dataclass
+class Patch:
+    """A literal in the traced code that must become the count of kept ``vars``."""
+    node: str
+    path: tuple
+    vars: np.ndarray
+
+
+@dataclass
+class RuleContext:
+    gm: fx.GraphModule
+    vars: VarTable = field(default_factory=VarTable)
+    slots: dict = field(default_factory=dict)   # (name, role) -> Slot
+    patches: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    node: fx.Node | None = None
+
+    # --- reading inputs -------------------------------------------------
+    def axes(self, arg: Any) -> Any:
+        return arg.meta.get(AXES_KEY) if isinstance(arg, fx.Node) else None
+
+    def value(self, arg: Any) -> Any:
+        """A node's recorded value summary (shape for tensors), or the literal itself."""
+        return arg.meta.get(VALUE_KEY) if isinstance(arg, fx.Node) else arg
+
+    def shape(self, arg: Any) -> torch.Size | None:
+        v = self.value(arg)
+        return v if isinstance(v, torch.Size) else None
+
+    def out_shape(self) -> torch.Size | None:
+        return self.shape(self.node)
+
+    def module(self) -> nn.Module:
+        return self.gm.get_submodule(self.node.target)
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        """Positional-or-keyword argument of the current node."""
+        if len(self.node.args) > index:
+            return self.node.args[index]
+        return self.node.kwargs.get(name, default)
+
+    # --- acting ---------------------------------------------------------
+    def fresh(self, n: int) -> np.ndarray:
+        return self.vars.new(n)
+
+    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.vars.unify(a, b)
+
+    def freeze(self, vars_: np.ndarray, why: str) -> None:
+        self.vars.freeze(vars_, f"{why} (node '{self.node.name}')")
+
+    def freeze_all(self, axes: Any, why: str) -> None:
+        """Freeze every variable found in (nested) axes."""
+        for v in iter_vars(axes):
+            self.freeze(v, why)
+
+    def add_slot(self, name: str, role: str, kind: str, vars_: np.ndarray) -> np.ndarray:
+        """Record a layer dimension; a second call for the same slot unifies."""
+        key = (name, role)
+        if key in self.slots:
+            self.unify(self.slots[key].vars, vars_)
+            return self.slots[key].vars
+        self.slots[key] = Slot(name, role, kind, np.asarray(vars_, dtype=np.int64))
+        return vars_
+
+    def add_patch(self, path: tuple, vars_: np.ndarray) -> None:
+        self.patches.append(Patch(self.node.name, path, np.asarray(vars_, dtype=np.int64)))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(f"node '{self.node.name}' ({_describe(self.node)}): {message}")
+
+
+def iter_vars(axes: Any):
+    """Yield every variable array inside nested axes."""
+    if isinstance(axes, dict):
+        yield from axes.values()
+    elif isinstance(axes, (list, tuple)):
+        for a in axes:
+            yield from iter_vars(a)
+
+
+def _describe(node: fx.Node) -> str:
+    target = node.target
+    if callable(target):
+        target = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    return f"{node.op} {target}"

@@ -1,0 +1,122 @@
+"""Reductions, normalisations along a dim, and matrix products."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from surgery.rules.context import RuleContext
+from surgery.rules.elementwise import broadcast_axes, elementwise
+from surgery.rules.registry import register_function_rule, register_method_rule, register_module_rule
+
+__all__ = ["reduce", "along_dim", "matmul"]
+
+
+def _dims(dim, nd: int) -> list | None:
+    if dim is None:
+        return None
+    dims = dim if isinstance(dim, (tuple, list)) else [dim]
+    return [d % nd for d in dims]
+
+
+def reduce(ctx: RuleContext, node: fx.Node):
+    """mean/sum/amax/...: a reduced channel dim is frozen (its value depends on all channels)."""
+    x = node.args[0]
+    if node.target in (torch.max, torch.min, "max", "min") and ctx.shape(ctx.arg(1, "other")) is not None:
+        return elementwise(ctx, node)
+    axes, shape = ctx.axes(x) or {}, ctx.shape(x)
+    dims = _dims(ctx.arg(1, "dim"), len(shape))
+    keep = bool(ctx.arg(2, "keepdim", False))
+    if dims is None:
+        ctx.freeze_all(axes, "reduced over all dims")
+        return _like_output(ctx, {})
+    out = {}
+    for d, v in axes.items():
+        if d in dims:
+            ctx.freeze(v, "reduced over a channel dim")
+        else:
+            out[d if keep else d - sum(1 for r in dims if r < d)] = v
+    return _like_output(ctx, out)
+
+
+def _like_output(ctx: RuleContext, axes: dict):
+    value = ctx.value(ctx.node)
+    if isinstance(value, list):  # (values, indices)
+        return [dict(axes) for _ in value]
+    return axes if isinstance(value, torch.Size) else None
+
+
+register_function_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var,
+                       torch.prod, torch.logsumexp, torch.max, torch.min, torch.norm,
+                       torch.nansum, torch.nanmean, torch.all, torch.any)(reduce)
+register_method_rule("mean", "sum", "amax", "amin", "std", "var", "prod", "logsumexp",
+                     "max", "min", "norm", "nansum", "nanmean", "all", "any")(reduce)
+
+
+def along_dim(ctx: RuleContext, node: fx.Node):
+    """softmax/normalize/cumsum along a dim: that dim's channels are frozen."""
+    x = node.args[0]
+    axes, shape = ctx.axes(x) or {}, ctx.shape(x)
+    default = 1 if node.target is F.normalize else None
+    dim = ctx.arg(1 if node.target is not F.normalize else 2, "dim", default)
+    if dim is None or not isinstance(dim, int):
+        ctx.freeze_all(axes, "op along an unknown dim")
+        return {}
+    dim %= len(shape)
+    if dim in axes:
+        ctx.freeze(axes[dim], "op mixes values along a channel dim")
+    return {d: v for d, v in axes.items() if d != dim}
+
+
+register_function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
+                       F.normalize, torch.cumsum)(along_dim)
+register_method_rule("softmax", "log_softmax", "cumsum")(along_dim)
+
+
+def softmax_module(ctx: RuleContext, node: fx.Node):
+    m = ctx.module()
+    x = node.args[0]
+    axes, shape = ctx.axes(x) or {}, ctx.shape(x)
+    if m.dim is None:
+        ctx.freeze_all(axes, "softmax over an implicit dim")
+        return {}
+    dim = m.dim % len(shape)
+    if dim in axes:
+        ctx.freeze(axes[dim], "softmax over a channel dim")
+    return {d: v for d, v in axes.items() if d != dim}
+
+
+register_module_rule(nn.Softmax, nn.LogSoftmax, nn.Softmin)(softmax_module)
+
+
+def matmul(ctx: RuleContext, node: fx.Node):
+    """``a @ b``: the contracted dims are unified; batch dims broadcast."""
+    a, b = node.args[0], node.args[1]
+    sa, sb = ctx.shape(a), ctx.shape(b)
+    xa, xb = ctx.axes(a) or {}, ctx.axes(b) or {}
+    if sa is None or sb is None or len(sa) < 2 or len(sb) < 2:
+        ctx.freeze_all([xa, xb], "matrix product of vectors")
+        return {} if ctx.out_shape() is not None else None
+    ka, kb = xa.get(len(sa) - 1), xb.get(len(sb) - 2)
+    if ka is not None and kb is not None:
+        ctx.unify(ka, kb)
+    elif ka is not None or kb is not None:
+        ctx.freeze(ka if ka is not None else kb, "contracted with an untracked tensor")
+    out_shape = ctx.out_shape()
+    nd = len(out_shape)
+    batch_a = ({d: v for d, v in xa.items() if d < len(sa) - 2}, sa[:-2])
+    batch_b = ({d: v for d, v in xb.items() if d < len(sb) - 2}, sb[:-2])
+    out = broadcast_axes(ctx, [batch_a, batch_b], out_shape[:-2])
+    if len(sa) - 2 in xa:
+        out[nd - 2] = xa[len(sa) - 2]
+    if len(sb) - 1 in xb:
+        out[nd - 1] = xb[len(sb) - 1]
+    return out
+
+
+register_function_rule(torch.matmul, operator.matmul, torch.bmm)(matmul)
+register_method_rule("matmul", "bmm")(matmul)

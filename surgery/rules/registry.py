@@ -1,0 +1,73 @@
+"""Registries of channel-flow rules, keyed by module type, function and method name.
+
+A rule is ``rule(ctx, node) -> axes`` where ``ctx`` is a
+:class:`surgery.rules.context.RuleContext` and the return value describes the
+output's channel axes (see :mod:`surgery.rules.context`). Register your own:
+
+    >>> import torch
+    >>> from surgery.rules import register_function_rule, passthrough
+    >>> def my_act(x):
+    ...     return x * torch.sigmoid(x)
+    >>> _ = register_function_rule(my_act)(passthrough)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+__all__ = [
+    "MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES",
+    "register_module_rule", "register_function_rule", "register_method_rule",
+    "module_rule_for", "function_rule_for", "method_rule_for",
+]
+
+Rule = Callable  # (RuleContext, torch.fx.Node) -> axes
+
+MODULE_RULES: dict[type, Rule] = {}
+FUNCTION_RULES: dict[object, Rule] = {}
+METHOD_RULES: dict[str, Rule] = {}
+
+
+def _registrar(table: dict, keys: tuple) -> Callable[[Rule], Rule]:
+    def deco(rule: Rule) -> Rule:
+        for key in keys:
+            table[key] = rule
+        return rule
+    return deco
+
+
+def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
+    """Register a rule for module types (subclasses inherit it)."""
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise TypeError(f"register_module_rule expects nn.Module subclasses, got {t!r}")
+    return _registrar(MODULE_RULES, types)
+
+
+def register_function_rule(*functions: object) -> Callable[[Rule], Rule]:
+    """Register a rule for functions called in forward (``torch.cat``, ``operator.add``, yours)."""
+    return _registrar(FUNCTION_RULES, functions)
+
+
+def register_method_rule(*names: str) -> Callable[[Rule], Rule]:
+    """Register a rule for tensor methods by name (``"view"``, ``"add_"``)."""
+    return _registrar(METHOD_RULES, names)
+
+
+def module_rule_for(module: nn.Module) -> Rule | None:
+    for cls in type(module).__mro__:
+        if cls in MODULE_RULES:
+            return MODULE_RULES[cls]
+    return None
+
+
+def function_rule_for(fn: object) -> Rule | None:
+    try:
+        return FUNCTION_RULES.get(fn)
+    except TypeError:  # unhashable target
+        return None
+
+
+def method_rule_for(name: str) -> Rule | None:
+    return METHOD_RULES.get(name)

@@ -1,0 +1,365 @@
+"""Rules for ops that move, merge, split or slice dimensions.
+
+The reshape rule is general: input and output dims are factored into blocks of
+equal size products; a block's channel variables are laid out in memory order and
+read back in the output layout. Flatten into a Linear repeats each channel H*W
+times; a split of the channel axis into (g, c/g) (channel shuffle, attention heads)
+unifies the positions across the outer dims so removal stays rectangular.
+"""
+from __future__ import annotations
+
+import builtins
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from surgery.rules.context import RuleContext
+from surgery.rules.registry import register_function_rule, register_method_rule
+
+__all__ = ["reshape", "permute", "cat", "stack", "split", "chunk", "getitem"]
+
+
+# --------------------------------------------------------------------------- reshape
+def _factor(a: tuple, b: tuple) -> list:
+    """Blocks ``(in_dims, out_dims)`` whose sizes have equal products."""
+    i = j = 0
+    blocks = []
+    while i < len(a) or j < len(b):
+        ins, outs, pa, pb = [], [], 1, 1
+        if i < len(a):
+            ins.append(i)
+            pa, i = pa * a[i], i + 1
+        if j < len(b):
+            outs.append(j)
+            pb, j = pb * b[j], j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                ins.append(i)
+                pa, i = pa * a[i], i + 1
+            elif pb < pa and j < len(b):
+                outs.append(j)
+                pb, j = pb * b[j], j + 1
+            else:
+                raise ValueError(f"shapes {tuple(a)} and {tuple(b)} do not factor")
+        blocks.append((ins, outs))
+    return blocks
+
+
+def reshape_axes(ctx: RuleContext, in_shape, axes: dict, out_shape) -> dict:
+    """Channel axes of ``x.reshape(out_shape)``."""
+    out = {}
+    for ins, outs in _factor(tuple(in_shape), tuple(out_shape)):
+        tracked = [d for d in ins if d in axes]
+        if not tracked:
+            continue
+        if ins == outs and len(ins) == 1:  # untouched dim
+            out[outs[0]] = axes[ins[0]]
+            continue
+        big = [d for d in tracked if in_shape[d] > 1]
+        for d in tracked:
+            if d not in big[-1:]:
+                ctx.freeze(axes[d], "reshape merges this channel dim with another tracked dim")
+        if not big or not outs:
+            continue
+        out.update(_block_axes(ctx, ins, big[-1], axes[big[-1]], in_shape, outs, out_shape))
+    return out
+
+
+def _block_axes(ctx, ins, dim, vars_, in_shape, outs, out_shape) -> dict:
+    view = [in_shape[d] if d == dim else 1 for d in ins]
+    dense = np.broadcast_to(vars_.reshape(view), [in_shape[d] for d in ins])
+    grid = np.ascontiguousarray(dense).reshape([out_shape[e] for e in outs])
+    varying = [k for k in range(grid.ndim) if not np.all(grid == grid.take([0], axis=k))]
+    if not varying:
+        return {}
+    keep = varying[-1]
+    moved = np.moveaxis(grid, keep, -1).reshape(-1, grid.shape[keep])
+    if len(varying) > 1:  # unify across the outer dims (heads, shuffle groups)
+        for row in moved[1:]:
+            ctx.unify(moved[0], row)
+    return {outs[keep]: moved[0].copy()}
+
+
+def _size_args(node: fx.Node) -> tuple[list, tuple]:
+    """The size literals of view/reshape/expand and the path to the first of them."""
+    args = node.args
+    if len(args) >= 2 and isinstance(args[1], (tuple, list)):
+        return list(args[1]), ("args", 1)
+    if len(args) >= 2:
+        return list(args[1:]), ("args",)
+    for key in ("shape", "size"):
+        if key in node.kwargs:
+            return list(node.kwargs[key]), ("kwargs", key)
+    return [], ()
+
+
+def _patch_sizes(ctx: RuleContext, node: fx.Node, out: dict) -> None:
+    sizes, base = _size_args(node)
+    offset = 1 if base == ("args",) else 0
+    for d, v in out.items():
+        if d < len(sizes) and isinstance(sizes[d], int) and sizes[d] != -1:
+            path = base + (d + offset,) if base == ("args",) else base + (d,)
+            ctx.add_patch(path, v)
+
+
+def reshape(ctx: RuleContext, node: fx.Node):
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    axes, in_shape, out_shape = ctx.axes(x) or {}, ctx.shape(x), ctx.out_shape()
+    if out_shape is None or in_shape is None:
+        ctx.freeze_all(axes, "reshape without tensor shapes")
+        return None
+    out = reshape_axes(ctx, in_shape, axes, out_shape)
+    if node.target in ("view", "reshape", torch.reshape):
+        _patch_sizes(ctx, node, out)
+    return out
+
+
+register_method_rule("view", "reshape", "flatten", "squeeze", "unsqueeze", "squeeze_",
+                     "unsqueeze_", "unflatten")(reshape)
+register_function_rule(torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze)(reshape)
+
+
+# --------------------------------------------------------------------------- permute
+def _perm_from_node(node: fx.Node, nd: int) -> list | None:
+    t, args = node.target, node.args
+    if t in ("permute", torch.permute):
+        dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        dims = dims or node.kwargs.get("dims")
+        return [d % nd for d in dims]
+    if t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+        a = args[1] if len(args) > 1 else node.kwargs.get("dim0")
+        b = args[2] if len(args) > 2 else node.kwargs.get("dim1")
+        perm = list(range(nd))
+        perm[a % nd], perm[b % nd] = perm[b % nd], perm[a % nd]
+        return perm
+    if t in ("t", torch.t):
+        return list(range(nd))[::-1]
+    if t in ("movedim", torch.movedim):
+        probe = np.zeros(tuple(range(1, nd + 1)), dtype=np.int8)
+        return [s - 1 for s in np.moveaxis(probe, args[1], args[2]).shape]
+    return None
+
+
+def permute(ctx: RuleContext, node: fx.Node):
+    x = node.args[0]
+    axes, in_shape = ctx.axes(x) or {}, ctx.shape(x)
+    perm = _perm_from_node(node, len(in_shape))
+    if perm is None or any(not isinstance(p, int) for p in perm):
+        ctx.freeze_all(axes, "permutation with dynamic dims")
+        return {}
+    return {new: axes[old] for new, old in enumerate(perm) if old in axes}
+
+
+register_method_rule("permute", "transpose", "swapaxes", "t", "movedim")(permute)
+register_function_rule(torch.permute, torch.transpose, torch.swapaxes, torch.t, torch.movedim)(permute)
+
+
+# --------------------------------------------------------------------------- cat / stack
+def _tensor_list(ctx: RuleContext) -> list:
+    seq = ctx.arg(0, "tensors")
+    return [(ctx.axes(t) or {}, ctx.shape(t)) for t in seq]
+
+
+def cat(ctx: RuleContext, node: fx.Node):
+    parts, out_shape = _tensor_list(ctx), ctx.out_shape()
+    nd = len(out_shape)
+    dim = ctx.arg(1, "dim", 0) % nd
+    out = {}
+    others = [({d: v for d, v in a.items() if d != dim}, s) for a, s in parts]
+    for d, v in _aligned(ctx, others, out_shape, dim).items():
+        out[d] = v
+    if any(dim in a for a, _ in parts):
+        pieces = []
+        for a, s in parts:
+            if dim in a:
+                pieces.append(a[dim])
+            else:
+                fixed = ctx.fresh(s[dim])
+                ctx.freeze(fixed, "concatenated with a tensor whose channels are not tracked")
+                pieces.append(fixed)
+        out[dim] = np.concatenate(pieces)
+    return out
+
+
+def _aligned(ctx: RuleContext, parts: list, out_shape, skip: int | None) -> dict:
+    """Unify same-position dims of equally shaped tensors (cat's non-cat dims, stack)."""
+    from surgery.rules.elementwise import broadcast_axes
+    shape = list(out_shape)
+    if skip is not None:
+        shape[skip] = 1
+        parts = [(a, tuple(1 if d == skip else n for d, n in enumerate(s))) for a, s in parts]
+    return broadcast_axes(ctx, parts, torch.Size(shape))
+
+
+def stack(ctx: RuleContext, node: fx.Node):
+    parts, out_shape = _tensor_list(ctx), ctx.out_shape()
+    dim = ctx.arg(1, "dim", 0) % len(out_shape)
+    inner = _aligned(ctx, parts, parts[0][1], None)
+    return {(d if d < dim else d + 1): v for d, v in inner.items()}
+
+
+register_function_rule(torch.cat, torch.concat, torch.concatenate)(cat)
+register_function_rule(torch.stack)(stack)
+
+
+# --------------------------------------------------------------------------- split / chunk
+def _pieces(ctx: RuleContext, node: fx.Node, dim: int):
+    x = node.args[0]
+    axes = ctx.axes(x) or {}
+    sizes = [s[dim] for s in ctx.value(node)]
+    v = axes.get(dim)
+    bounds = np.cumsum([0] + sizes)
+    rest = {d: a for d, a in axes.items() if d != dim}
+    outs = [dict(rest) for _ in sizes]
+    if v is not None:
+        for o, lo, hi in zip(outs, bounds[:-1], bounds[1:]):
+            o[dim] = v[lo:hi]
+    return v, sizes, outs
+
+
+def _unify_pieces(ctx: RuleContext, outs: list, dim: int) -> bool:
+    if len({len(o[dim]) for o in outs}) != 1:
+        return False
+    for o in outs[1:]:
+        ctx.unify(outs[0][dim], o[dim])
+    return True
+
+
+def split(ctx: RuleContext, node: fx.Node):
+    x = node.args[0]
+    nd = len(ctx.shape(x))
+    dim = ctx.arg(2, "dim", 0) % nd
+    v, sizes, outs = _pieces(ctx, node, dim)
+    if v is None:
+        return outs
+    spec = ctx.arg(1, "split_size_or_sections", node.kwargs.get("split_size"))
+    path = ("args", 1) if len(node.args) > 1 else ("kwargs", "split_size_or_sections")
+    if isinstance(spec, int) and _unify_pieces(ctx, outs, dim):
+        ctx.add_patch(path, outs[0][dim])
+    elif isinstance(spec, (list, tuple)) and all(isinstance(s, int) for s in spec):
+        for k, o in enumerate(outs):
+            ctx.add_patch(path + (k,), o[dim])
+    else:
+        ctx.freeze(v, "split into unequal or dynamic pieces")
+    return outs
+
+
+def chunk(ctx: RuleContext, node: fx.Node):
+    x = node.args[0]
+    dim = ctx.arg(2, "dim", 0) % len(ctx.shape(x))
+    v, sizes, outs = _pieces(ctx, node, dim)
+    if v is not None and not _unify_pieces(ctx, outs, dim):
+        ctx.freeze(v, "chunk into unequal pieces")
+    return outs
+
+
+register_method_rule("split")(split)
+register_function_rule(torch.split)(split)
+register_method_rule("chunk")(chunk)
+register_function_rule(torch.chunk)(chunk)
+
+
+# --------------------------------------------------------------------------- getitem
+def getitem(ctx: RuleContext, node: fx.Node):
+    src, idx = node.args
+    axes = ctx.axes(src)
+    if isinstance(axes, list):  # tuple/list output of an op
+        sel = axes[idx]
+        return list(sel) if isinstance(idx, slice) else sel
+    if ctx.shape(src) is None:
+        return None
+    return _index_tensor(ctx, node, axes or {}, ctx.shape(src), idx)
+
+
+def _index_tensor(ctx: RuleContext, node, axes: dict, shape, idx):
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(not (it is None or it is Ellipsis or isinstance(it, (int, slice))) for it in items):
+        ctx.freeze_all(axes, "advanced indexing")
+        return {}
+    consuming = sum(1 for it in items if it is not None and it is not Ellipsis)
+    out, d_in, d_out = {}, 0, 0
+    for k, it in enumerate(items):
+        if it is Ellipsis:
+            for _ in range(len(shape) - consuming):
+                if d_in in axes:
+                    out[d_out] = axes[d_in]
+                d_in, d_out = d_in + 1, d_out + 1
+        elif it is None:
+            d_out += 1
+        elif isinstance(it, int):
+            if d_in in axes:
+                ctx.freeze(axes[d_in], "a single channel is selected by index")
+            d_in += 1
+        else:
+            if d_in in axes:
+                sliced = _slice_dim(ctx, axes[d_in], it, k, isinstance(idx, tuple))
+                if sliced is not None:
+                    out[d_out] = sliced
+            d_in, d_out = d_in + 1, d_out + 1
+    for d in range(d_in, len(shape)):
+        if d in axes:
+            out[d_out + d - d_in] = axes[d]
+    return out
+
+
+def _slice_dim(ctx: RuleContext, v: np.ndarray, s: slice, k: int, in_tuple: bool):
+    bounds = (s.start, s.stop)
+    literal = all(b is None or (isinstance(b, int) and b >= 0) for b in bounds)
+    if not literal or s.step not in (None, 1):
+        ctx.freeze(v, "channel slice with a step, negative or dynamic bounds")
+        return None
+    base = ("args", 1, k) if in_tuple else ("args", 1)
+    for name, b in zip(("start", "stop"), bounds):
+        if b is not None and b < len(v):
+            ctx.add_patch(base + (name,), v[:b])
+    return v[s]
+
+
+register_function_rule(operator.getitem)(getitem)
+
+
+# --------------------------------------------------------------------------- expand / attrs
+def expand(ctx: RuleContext, node: fx.Node):
+    x = node.args[0]
+    axes, in_shape, out_shape = ctx.axes(x) or {}, ctx.shape(x), ctx.out_shape()
+    lead = len(out_shape) - len(in_shape)
+    out = {}
+    for d, v in axes.items():
+        if in_shape[d] == out_shape[d + lead]:
+            out[d + lead] = v
+        else:
+            ctx.freeze(v, "expand changes a channel dimension")
+    if node.target == "expand":
+        _patch_sizes(ctx, node, out)
+    return out
+
+
+register_method_rule("expand", "expand_as")(expand)
+
+
+def size_like(ctx: RuleContext, node: fx.Node):
+    """Ops that return shapes or metadata, not tensors."""
+    return None
+
+
+register_method_rule("size", "dim", "numel", "nelement")(size_like)
+
+
+def attribute(ctx: RuleContext, node: fx.Node):
+    name = node.args[1]
+    if name in ("T", "mT"):
+        x = node.args[0]
+        nd = len(ctx.shape(x))
+        perm = list(range(nd))
+        perm[-1], perm[-2] = perm[-2], perm[-1]
+        axes = ctx.axes(x) or {}
+        return {new: axes[old] for new, old in enumerate(perm) if old in axes}
+    if ctx.shape(node) is not None:
+        ctx.freeze_all(ctx.axes(node.args[0]), f"tensor attribute '{name}'")
+        return {}
+    return None
+
+
+register_function_rule(builtins.getattr)(attribute)

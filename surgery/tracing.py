@@ -1,0 +1,173 @@
+"""torch.fx tracing with leaf control, and shape propagation on real inputs.
+
+``symbolic_trace`` turns a model into a GraphModule, treating every module that has a
+channel rule (Conv, BatchNorm, Linear, ... and user-registered types) as a leaf, and
+explaining untraceable code (module, file, line, fix). ``propagate`` runs the graph
+once (eval mode, no grad, the user's model left exactly as it was) and stores each
+node's value summary (a ``torch.Size`` for tensors) in ``node.meta["surgery.value"]``.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgery.rules.context import VALUE_KEY
+from surgery.rules.registry import module_rule_for
+
+__all__ = ["TraceError", "ShapeError", "symbolic_trace", "propagate", "as_inputs"]
+
+
+class TraceError(ValueError):
+    """torch.fx could not trace the model; the message names the module, line and fix."""
+
+
+class ShapeError(ValueError):
+    """Running the traced model on ``example_inputs`` failed."""
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_types: tuple, leaf_names: set) -> None:
+        super().__init__()
+        self._leaf_types, self._leaf_names = leaf_types, leaf_names
+        self.module_path: list[tuple[str, str]] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, self._leaf_types) or qualname in self._leaf_names:
+            return True
+        if module_rule_for(m) is not None and not isinstance(m, (nn.Sequential, nn.ModuleList)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.module_path.append((self.path_of_module(m), type(m).__name__))
+        try:
+            out = super().call_module(m, forward, args, kwargs)
+        except Exception:
+            raise  # keep the path of the failing module on the stack
+        self.module_path.pop()
+        return out
+
+
+def _split_leaves(leaf_modules: Iterable, model: nn.Module) -> tuple[tuple, set]:
+    types, names = [], set()
+    by_id = {id(m): n for n, m in model.named_modules()}
+    for leaf in leaf_modules:
+        if isinstance(leaf, type) and issubclass(leaf, nn.Module):
+            types.append(leaf)
+        elif isinstance(leaf, str):
+            names.add(leaf)
+        elif isinstance(leaf, nn.Module) and id(leaf) in by_id:
+            names.add(by_id[id(leaf)])
+        else:
+            raise TypeError(f"leaf_modules entries must be module types, module names or "
+                            f"submodules of the model; got {leaf!r}")
+    return tuple(types), names
+
+
+def symbolic_trace(model: nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule:
+    """Trace ``model`` with torch.fx; raise :class:`TraceError` with a fix on failure."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    tracer = _Tracer(*_split_leaves(leaf_modules, model))
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:  # fx raises TraceError, TypeError, RuntimeError, ...
+        raise TraceError(_explain(model, tracer, err)) from err
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _explain(model: nn.Module, tracer: _Tracer, err: Exception) -> str:
+    path, kind = tracer.module_path[-1] if tracer.module_path else ("", type(model).__name__)
+    where = _user_frame(err)
+    where_txt = f" at {where}" if where else ""
+    module_txt = f"submodule '{path}' ({kind})" if path else f"the model's own forward ({kind})"
+    return (
+        f"torch.fx cannot trace {module_txt}{where_txt}: {type(err).__name__}: {err}\n"
+        f"Fix: pass leaf_modules=[{kind}] (or the name '{path or kind}') so this module is "
+        f"treated as a black box (its channels are then frozen unless you register a rule "
+        f"with surgery.register_module_rule({kind})), or remove the data-dependent control "
+        f"flow from its forward."
+    )
+
+
+def _user_frame(err: Exception) -> str:
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith(torch_dir) and "surgery" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} `{(f.line or '').strip()}`"
+
+
+def as_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """Normalise example inputs: a tensor, a tuple/list of positional inputs, or a dict."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    raise TypeError("example_inputs must be a tensor, a tuple/list of inputs or a dict of "
+                    f"keyword inputs; got {type(example_inputs).__name__}")
+
+
+def _summary(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        return [_summary(v) for v in value]
+    if value is None or isinstance(value, (int, float, bool, str, torch.Size, torch.dtype, torch.device)):
+        return value
+    return _Opaque(type(value).__name__)
+
+
+class _Opaque:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+class _Recorder(fx.Interpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as err:
+            shapes = [tuple(a.shape) for a in self.args_of(n) if isinstance(a, torch.Tensor)]
+            raise ShapeError(
+                f"running node '{n.name}' ({n.op} {getattr(n.target, '__name__', n.target)}) "
+                f"on the example inputs failed with input shapes {shapes}: {err}\n"
+                "Fix: pass example_inputs with the shapes, dtypes and device that the "
+                "model's forward expects (e.g. torch.randn(1, 3, 224, 224)).") from err
+        n.meta[VALUE_KEY] = _summary(result)
+        return result
+
+    def args_of(self, n: fx.Node) -> list:
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        return list(args) + list(kwargs.values())
+
+
+def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
+    """Run ``gm`` once on the inputs and record value summaries; restores train/eval."""
+    args, kwargs = as_inputs(example_inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if kwargs:
+        args = tuple(kwargs.get(p.target, p.args[0] if p.args else None) for p in placeholders)
+    elif len(args) < len(placeholders):
+        args = args + tuple(p.args[0] if p.args else None for p in placeholders[len(args):])
+    modes = {m: m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        with torch.no_grad():
+            _Recorder(gm).run(*args)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
