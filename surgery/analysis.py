@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from surgery.rules.context import AXES_KEY, RuleContext, iter_vars
+from surgery.rules.context import AXES_KEY, RuleContext, TensorMeta, iter_vars
 from surgery.rules.registry import function_rule_for, method_rule_for, module_rule_for
 
 __all__ = ["analyse"]
@@ -23,7 +23,7 @@ def analyse(gm: fx.GraphModule) -> RuleContext:
 
 
 def _untracked(value: Any) -> Any:
-    if isinstance(value, torch.Size):
+    if isinstance(value, TensorMeta):
         return {}
     if isinstance(value, list):
         return [_untracked(v) for v in value]
@@ -87,8 +87,8 @@ def _how(node: fx.Node) -> str:
 
 def _get_attr(ctx: RuleContext, node: fx.Node) -> Any:
     """A parameter or buffer read in forward: every dim of size > 1 may be sliced."""
-    shape = ctx.value(node)
-    if not isinstance(shape, torch.Size):
+    shape = ctx.shape(node)
+    if shape is None:
         return None
     axes = {}
     for d, n in enumerate(shape):

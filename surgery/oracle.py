@@ -48,20 +48,29 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def kept_indices(original: torch.Tensor, pruned: torch.Tensor) -> tuple[list, list]:
-    """Rows and columns (dims 0 and 1) of ``original`` that survive in ``pruned``.
+def kept_along(original: torch.Tensor, pruned: torch.Tensor) -> list:
+    """For every dim, the indices of ``original`` that survive in ``pruned``.
 
     Works by locating values, so it needs unique values (random float64 weights).
     """
-    w = original.detach().reshape(original.shape[0], original.shape[1], -1)
-    p = pruned.detach().reshape(pruned.shape[0], pruned.shape[1], -1)
-    hits = (w == p[0, 0, 0]).nonzero()
+    w, p = original.detach(), pruned.detach()
+    hits = (w == p.reshape(-1)[0]).nonzero()
     if len(hits) != 1:
         raise ValueError("weights are not unique: randomize the model in float64 first")
-    r0, c0, k0 = hits[0].tolist()
-    col_of = {v: i for i, v in enumerate(w[r0, :, k0].tolist())}
-    row_of = {v: i for i, v in enumerate(w[:, c0, k0].tolist())}
-    return [row_of[v] for v in p[:, 0, 0].tolist()], [col_of[v] for v in p[0, :, 0].tolist()]
+    origin = hits[0].tolist()
+    kept = []
+    for d in range(w.dim()):
+        line = w[tuple(slice(None) if k == d else origin[k] for k in range(w.dim()))]
+        where = {v: i for i, v in enumerate(line.tolist())}
+        p_line = p[tuple(slice(None) if k == d else 0 for k in range(p.dim()))]
+        kept.append([where[v] for v in p_line.tolist()])
+    return kept
+
+
+def kept_indices(original: torch.Tensor, pruned: torch.Tensor) -> tuple[list, list]:
+    """Rows and columns (dims 0 and 1) of a layer weight that survive in ``pruned``."""
+    kept = kept_along(original, pruned)
+    return kept[0], kept[1]
 
 
 def zeroed_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
@@ -73,7 +82,20 @@ def zeroed_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
             p = kept.get(name)
             if isinstance(m, (_CONV, nn.Linear)) and p is not None and p.weight.shape != m.weight.shape:
                 _zero_inputs(m, p)
+            elif p is not None and not isinstance(m, _NORMS + (nn.Embedding,)):
+                _zero_raw_params(m, p)
     return ref
+
+
+def _zero_raw_params(m: nn.Module, p: nn.Module) -> None:
+    """Parameters read directly in forward (``x @ W``, layer scales): zero dropped slices."""
+    for name, w in m.named_parameters(recurse=False):
+        q = getattr(p, name, None)
+        if isinstance(q, torch.Tensor) and q.shape != w.shape:
+            for d, keep in enumerate(kept_along(w, q)):
+                drop = _others(w.shape[d], keep)
+                if drop:
+                    w.index_fill_(d, torch.tensor(drop), 0.0)
 
 
 def _zero_inputs(m: nn.Module, p: nn.Module) -> None:

@@ -73,7 +73,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
 
 def verify_outputs(graph: ChannelGraph, pruned: nn.Module, example_inputs: Any) -> None:
     """Run ``pruned`` on the example inputs; output shapes must equal the traced ones."""
-    from surgery.rules.context import VALUE_KEY
+    from surgery.rules.context import VALUE_KEY, TensorMeta
     args, kwargs = as_inputs(example_inputs)
     modes = {m: m.training for m in pruned.modules()}
     pruned.eval()
@@ -84,7 +84,7 @@ def verify_outputs(graph: ChannelGraph, pruned: nn.Module, example_inputs: Any) 
         for m, mode in modes.items():
             m.training = mode
     expected = [n for n in graph.gm.graph.nodes if n.op == "output"][0]
-    want = _shapes(expected.args[0], lambda n: n.meta.get(VALUE_KEY))
+    want = _shapes(expected.args[0], lambda n: getattr(n.meta.get(VALUE_KEY), "shape", None))
     got = _shapes(out, lambda t: t.shape if isinstance(t, torch.Tensor) else None)
     if want != got:
         raise RuntimeError(f"internal error: the pruned model's output shapes {got} differ from "

@@ -18,7 +18,8 @@ def member_tensor(graph: ChannelGraph, name: str, role: str, kind: str) -> torch
     if kind == "param":
         owner, _, attr = name.rpartition(".")
         t = getattr(graph.gm.get_submodule(owner) if owner else graph.gm, attr)
-        return t.detach().movedim(int(role[3:]), 0).flatten(1)
+        t = t.detach().movedim(int(role[3:]), 0)
+        return t.reshape(t.shape[0], -1)
     module = graph.gm.get_submodule(name)
     return handler_for(module).slices(module, role).detach()
 

@@ -4,7 +4,7 @@
 channel rule (Conv, BatchNorm, Linear, ... and user-registered types) as a leaf, and
 explaining untraceable code (module, file, line, fix). ``propagate`` runs the graph
 once (eval mode, no grad, the user's model left exactly as it was) and stores each
-node's value summary (a ``torch.Size`` for tensors) in ``node.meta["surgery.value"]``.
+node's value summary (a ``TensorMeta`` for tensors) in ``node.meta["surgery.value"]``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from surgery.rules.context import VALUE_KEY
+from surgery.rules.context import VALUE_KEY, TensorMeta
 from surgery.rules.registry import module_rule_for
 
 __all__ = ["TraceError", "ShapeError", "symbolic_trace", "propagate", "as_inputs"]
@@ -120,7 +120,7 @@ def as_inputs(example_inputs: Any) -> tuple[tuple, dict]:
 
 def _summary(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.shape
+        return TensorMeta(value.shape, value.dtype)
     if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
         return [_summary(v) for v in value]
     if value is None or isinstance(value, (int, float, bool, str, torch.Size, torch.dtype, torch.device)):

@@ -18,11 +18,18 @@ import torch.nn as nn
 
 from surgery.variables import VarTable
 
-__all__ = ["Axes", "Slot", "Patch", "RuleContext", "AXES_KEY", "VALUE_KEY"]
+__all__ = ["Axes", "Slot", "Patch", "RuleContext", "TensorMeta", "AXES_KEY", "VALUE_KEY"]
 
 Axes = dict  # dict[int, np.ndarray]
 AXES_KEY = "surgery.axes"
 VALUE_KEY = "surgery.value"
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What shape propagation records for a tensor value (other values are kept as-is)."""
+    shape: torch.Size
+    dtype: torch.dtype
 
 
 @dataclass
@@ -66,7 +73,7 @@ class RuleContext:
 
     def shape(self, arg: Any) -> torch.Size | None:
         v = self.value(arg)
-        return v if isinstance(v, torch.Size) else None
+        return v.shape if isinstance(v, TensorMeta) else None
 
     def out_shape(self) -> torch.Size | None:
         return self.shape(self.node)

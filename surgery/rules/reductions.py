@@ -47,7 +47,7 @@ def _like_output(ctx: RuleContext, axes: dict):
     value = ctx.value(ctx.node)
     if isinstance(value, list):  # (values, indices)
         return [dict(axes) for _ in value]
-    return axes if isinstance(value, torch.Size) else None
+    return axes if ctx.shape(ctx.node) is not None else None
 
 
 register_function_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var,

@@ -208,7 +208,7 @@ register_function_rule(torch.stack)(stack)
 def _pieces(ctx: RuleContext, node: fx.Node, dim: int):
     x = node.args[0]
     axes = ctx.axes(x) or {}
-    sizes = [s[dim] for s in ctx.value(node)]
+    sizes = [s.shape[dim] for s in ctx.value(node)]
     v = axes.get(dim)
     bounds = np.cumsum([0] + sizes)
     rest = {d: a for d, a in axes.items() if d != dim}
@@ -363,3 +363,26 @@ def attribute(ctx: RuleContext, node: fx.Node):
 
 
 register_function_rule(builtins.getattr)(attribute)
+
+
+def narrow(ctx: RuleContext, node: fx.Node):
+    """``x.narrow(dim, start, length)``: a slice whose literals are patched."""
+    x = node.args[0]
+    axes, shape = ctx.axes(x) or {}, ctx.shape(x)
+    dim, start, length = (ctx.arg(i, n) for i, n in ((1, "dim"), (2, "start"), (3, "length")))
+    dim %= len(shape)
+    out = dict(axes)
+    v = axes.get(dim)
+    if v is None:
+        return out
+    if not (isinstance(start, int) and isinstance(length, int) and start >= 0):
+        ctx.freeze(v, "narrow with dynamic or negative bounds")
+        return out
+    ctx.add_patch(("args", 2), v[:start])
+    ctx.add_patch(("args", 3), v[start:start + length])
+    out[dim] = v[start:start + length]
+    return out
+
+
+register_method_rule("narrow")(narrow)
+register_function_rule(torch.narrow)(narrow)

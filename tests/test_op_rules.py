@@ -1,0 +1,48 @@
+"""Exactness of every op rule on a small hand-written model."""
+import pytest
+import torch
+import torch.fx as fx
+
+import surgery
+from conftest import assert_exact, prepared, prune_quiet
+from op_models import IMAGE_MODELS, Embed, LayerNormMLP, LiteralReshape
+from surgery.metrics import count_params
+
+
+@pytest.mark.parametrize("cls", IMAGE_MODELS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_op_model_is_exact(cls, ratio, x32):
+    torch.manual_seed(0)
+    assert_exact(prepared(cls()), x32, ratio=ratio)
+
+
+def test_embedding_is_exact():
+    tokens = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(0))
+    assert_exact(prepared(Embed()), tokens)
+
+
+def test_layernorm_model_prunes_with_same_output_shape():
+    m = prepared(LayerNormMLP())
+    x = torch.randn(4, 8, dtype=torch.float64)
+    p = prune_quiet(m, x, ratio=0.5)
+    assert p.ln.normalized_shape == (8,) and p.fc1.out_features == 8 and p.fc2.in_features == 8
+    assert p(x).shape == m(x).shape
+
+
+def test_literal_reshape_returns_patched_graph_module(x32):
+    m = prepared(LiteralReshape())
+    with pytest.warns(UserWarning, match="GraphModule"):
+        p = surgery.prune(m, x32, ratio=0.5)
+    assert isinstance(p, fx.GraphModule)
+    assert p.get_submodule("conv.0").out_channels == 5
+    assert count_params(p) < count_params(m)
+
+
+def test_shuffle_groups_are_unified_across_halves(x32):
+    from op_models import Shuffle
+    g = surgery.trace(prepared(Shuffle()), x32)
+    stream = [grp for grp in g.groups if any(mb.name == "stem.0" for mb in grp.producers)][0]
+    # each chunk+shuffle pairs positions across halves; two in a row leave units of 4 stem channels
+    stem = [mb for mb in stream.members if mb.name == "stem.0"][0]
+    assert stream.prunable and stream.size == 4
+    assert all(len(stem.positions(u)) == 4 for u in range(4))
