@@ -29,10 +29,13 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         >>> len(g.prunable_groups)
         12
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    ignored = _layer_names(model, ignored_layers)
     gm = symbolic_trace(model, leaf_modules)
     propagate(gm, example_inputs)
     ctx = analyse(gm)
-    _freeze_ignored(ctx, model, ignored_layers)
+    _freeze_ignored(ctx, ignored)
     groups, roots = build_groups(ctx)
     for g in groups:
         for m in g.members:
@@ -43,8 +46,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     return graph
 
 
-def _freeze_ignored(ctx, model: nn.Module, ignored: Iterable) -> None:
-    names = _layer_names(model, ignored)
+def _freeze_ignored(ctx, names: list) -> None:
     for (name, role), slot in ctx.slots.items():
         if role != "in" and any(name == n or name.startswith(n + ".") for n in names):
             ctx.vars.freeze(slot.vars, f"'{name}' is in ignored_layers")
@@ -52,10 +54,11 @@ def _freeze_ignored(ctx, model: nn.Module, ignored: Iterable) -> None:
 
 def _layer_names(model: nn.Module, layers: Iterable) -> list:
     by_id = {id(m): n for n, m in model.named_modules()}
+    known = set(by_id.values())
     names = []
     for layer in layers:
         if isinstance(layer, str):
-            if layer not in dict(model.named_modules()):
+            if layer not in known:
                 raise ValueError(f"ignored_layers: the model has no submodule named {layer!r}")
             names.append(layer)
         elif isinstance(layer, nn.Module) and id(layer) in by_id:

@@ -136,13 +136,21 @@ class _Opaque:
         return f"<{self.kind}>"
 
 
+class _NodeFailure(Exception):
+    """Carries a clean message past fx's own decoration of errors (fx edits ``args``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class _Recorder(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
         except Exception as err:
             shapes = [tuple(a.shape) for a in self.args_of(n) if isinstance(a, torch.Tensor)]
-            raise ShapeError(
+            raise _NodeFailure(
                 f"running node '{n.name}' ({n.op} {getattr(n.target, '__name__', n.target)}) "
                 f"on the example inputs failed with input shapes {shapes}: {err}\n"
                 "Fix: pass example_inputs with the shapes, dtypes and device that the "
@@ -168,6 +176,8 @@ def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
     try:
         with torch.no_grad():
             _Recorder(gm).run(*args)
+    except _NodeFailure as err:
+        raise ShapeError(err.message) from err.__cause__
     finally:
         for m, mode in modes.items():
             m.training = mode

@@ -1,0 +1,99 @@
+"""surgery.trace: groups, their description, leaves and untraceable models."""
+import pytest
+import torch
+import torch.nn as nn
+
+import surgery
+from models import create
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow
+            return self.conv(x)
+        return self.conv(-x)
+
+
+class Wrapper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.block = DataDependent()
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)))
+
+
+def test_resnet20_groups_have_members_with_index_maps(x32):
+    g = surgery.trace(create("resnet20").double(), x32)
+    stream = g.groups[0]
+    assert stream.prunable and stream.size == 16
+    names = {m.name for m in stream.producers}
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"} <= names
+    consumer = [m for m in stream.consumers if m.name == "layer1.0.conv1"][0]
+    assert [consumer.positions(u).tolist() for u in range(3)] == [[0], [1], [2]]
+    assert "producer" in str(stream) and "layer1.0.bn1" not in str(stream)
+
+
+def test_flatten_maps_each_channel_to_hw_features():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
+    g = surgery.trace(m, torch.randn(1, 3, 5, 5))
+    fc = [mb for mb in g.groups[0].members if mb.name == "2"][0]
+    assert fc.positions(1).tolist() == list(range(25, 50))
+
+
+def test_summary_prints_a_table(capsys, x32):
+    surgery.trace(create("resnet20").double(), x32).summary()
+    out = capsys.readouterr().out
+    assert "prunable" in out and "frozen: reaches the model output" in out
+
+
+def test_untraceable_model_names_module_line_and_fix():
+    with pytest.raises(surgery.TraceError) as info:
+        surgery.trace(Wrapper(), torch.randn(1, 3, 8, 8))
+    msg = str(info.value)
+    assert "'block' (DataDependent)" in msg
+    assert "test_trace.py" in msg and "if x.sum() > 0" in msg
+    assert "leaf_modules=[DataDependent]" in msg
+
+
+def test_leaf_module_freezes_what_it_touches():
+    with pytest.warns(UserWarning, match="no channel rule for module type DataDependent"):
+        g = surgery.trace(Wrapper(), torch.randn(1, 3, 8, 8), leaf_modules=[DataDependent])
+    assert all(not grp.prunable for grp in g.groups if any(m.name == "stem" for m in grp.members))
+
+
+def test_unknown_function_freezes_with_a_warning():
+    def channel_flip(x):
+        return torch.flip(x, dims=[1])
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.b(channel_flip(self.a(x)))
+
+    with pytest.warns(UserWarning, match="no channel rule for function torch.flip"):
+        g = surgery.trace(M(), torch.randn(1, 3, 4, 4))
+    assert not g.group_of("a")[0].prunable
+    assert "no channel rule" in g.group_of("a")[0].reason
+
+
+def test_model_input_added_to_conv_output_is_frozen():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.b(self.a(x) + x)
+
+    g = surgery.trace(M(), torch.randn(1, 3, 4, 4))
+    assert "untracked" in g.group_of("a")[0].reason or "not tracked" in g.group_of("a")[0].reason
