@@ -43,14 +43,23 @@ def _factor(a: tuple, b: tuple) -> list:
                 pb, j = pb * b[j], j + 1
             else:
                 raise ValueError(f"shapes {tuple(a)} and {tuple(b)} do not factor")
+        while j < len(b) and b[j] == 1 and not (i < len(a) and a[i] == 1):
+            outs.append(j)  # a size-1 dim made from this block (view(n, g, c // g) with c == g)
+            j += 1
+        while i < len(a) and a[i] == 1 and not (j < len(b) and b[j] == 1):
+            ins.append(i)
+            i += 1
         blocks.append((ins, outs))
     return blocks
 
 
-def reshape_axes(ctx: RuleContext, in_shape, axes: dict, out_shape) -> dict:
-    """Channel axes of ``x.reshape(out_shape)``."""
+def reshape_axes(ctx: RuleContext, in_shape, axes: dict, out_shape, blocks: dict | None = None) -> dict:
+    """Channel axes of ``x.reshape(out_shape)``; ``blocks`` (if given) receives, for every
+    output dim, the output dims that share its factor block."""
     out = {}
     for ins, outs in _factor(tuple(in_shape), tuple(out_shape)):
+        if blocks is not None:
+            blocks.update({e: outs for e in outs})
         tracked = [d for d in ins if d in axes]
         if not tracked:
             continue
@@ -95,11 +104,18 @@ def _size_args(node: fx.Node) -> tuple[list, tuple]:
     return [], ()
 
 
-def _patch_sizes(ctx: RuleContext, node: fx.Node, out: dict) -> None:
+def _patch_sizes(ctx: RuleContext, node: fx.Node, out: dict, blocks: dict | None = None) -> None:
+    """Record literal sizes of tracked dims for patching. A literal that shares a reshape
+    block with a size computed at run time (``c // g``) may feed that computation, so
+    patching it alone is unsafe: those channels are frozen instead."""
     sizes, base = _size_args(node)
     offset = 1 if base == ("args",) else 0
     for d, v in out.items():
         if d < len(sizes) and isinstance(sizes[d], int) and sizes[d] != -1:
+            partners = (blocks or {}).get(d, [d])
+            if any(isinstance(sizes[e], fx.Node) for e in partners if e != d and e < len(sizes)):
+                ctx.freeze(v, "a literal reshape size is combined with sizes computed at run time")
+                continue
             path = base + (d + offset,) if base == ("args",) else base + (d,)
             ctx.add_patch(path, v)
 
@@ -110,9 +126,10 @@ def reshape(ctx: RuleContext, node: fx.Node):
     if out_shape is None or in_shape is None:
         ctx.freeze_all(axes, "reshape without tensor shapes")
         return None
-    out = reshape_axes(ctx, in_shape, axes, out_shape)
+    blocks: dict = {}
+    out = reshape_axes(ctx, in_shape, axes, out_shape, blocks)
     if node.target in ("view", "reshape", torch.reshape):
-        _patch_sizes(ctx, node, out)
+        _patch_sizes(ctx, node, out, blocks)
     return out
 
 
