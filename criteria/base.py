@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-__all__ = ["GroupView", "Criterion", "layer_view", "lowest"]
+__all__ = ["GroupView", "Criterion", "WeightCriterion", "layer_view", "lowest", "n_remove"]
 
 
 @dataclass
@@ -66,8 +66,33 @@ class Criterion:
     def score_group(self, view: GroupView) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement score_group(view)")
 
+    def select(self, target: nn.Module | GroupView | torch.Tensor, n: int) -> torch.Tensor:
+        """Indices of the ``n`` channels to remove (default: the ``n`` lowest scores).
+
+        Selection criteria such as k-means override this; the engine always calls it.
+        """
+        scores = self.score(target)
+        if scores.shape != (len(scores),) or (isinstance(target, GroupView) and len(scores) != target.size):
+            raise ValueError(f"{type(self).__name__} returned scores of shape {tuple(scores.shape)}; "
+                             f"expected one score per channel")
+        if not 0 <= n < len(scores):
+            raise ValueError(f"can remove between 0 and {len(scores) - 1} of {len(scores)} channels, not {n}")
+        return torch.argsort(scores, stable=True)[:n].sort().values
+
+    def prune_indices(self, target: nn.Module | GroupView | torch.Tensor, ratio: float) -> torch.Tensor:
+        """Indices of the ``floor(ratio * n)`` channels to remove from a layer or group.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> from criteria import L1Norm
+            >>> len(L1Norm().prune_indices(nn.Conv2d(3, 10, 3), 0.3))
+            3
+        """
+        view = target if isinstance(target, GroupView) else layer_view(target)
+        return self.select(view, n_remove(view.size, ratio))
+
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith(("_", "needs_")))
         return f"{type(self).__name__}({opts})"
 
 
@@ -92,6 +117,45 @@ def layer_view(target: nn.Module | torch.Tensor) -> GroupView:
     return GroupView(producers=[weight.reshape(weight.shape[0], -1)], modules={"producer": [target]})
 
 
+class WeightCriterion(Criterion):
+    """A criterion computed per member from weights, then reduced over the members.
+
+    ``include``: ``"producers"`` (the layers that create the channel; per-channel layers
+    if there are none) or ``"all"`` (producers, consumers and per-channel layers).
+    ``reduce``: how member scores combine: ``"sum"``, ``"mean"`` or ``"max"``.
+    """
+    _REDUCE = {"sum": lambda s: s.sum(0), "mean": lambda s: s.mean(0), "max": lambda s: s.max(0).values}
+
+    def __init__(self, include: str = "producers", reduce: str = "sum") -> None:
+        if include not in ("producers", "all"):
+            raise ValueError(f"include must be 'producers' or 'all', got {include!r}")
+        if reduce not in self._REDUCE:
+            raise ValueError(f"reduce must be one of {sorted(self._REDUCE)}, got {reduce!r}")
+        self.include, self.reduce = include, reduce
+
+    def parts(self, view: GroupView) -> list:
+        parts = view.producers or view.per_channel
+        if self.include == "all":
+            parts = view.producers + view.consumers + view.per_channel
+        if not parts:
+            raise ValueError(f"{type(self).__name__}: the group has no weights to score")
+        return parts
+
+    def score_part(self, weights: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_group(self, view: GroupView) -> torch.Tensor:
+        scores = torch.stack([self.score_part(p.double()) for p in self.parts(view)])
+        return self._REDUCE[self.reduce](scores)
+
+
+def n_remove(n: int, ratio: float) -> int:
+    """``floor(ratio * n)``, keeping at least one channel."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    return max(0, min(int(ratio * n + 1e-9), n - 1))
+
+
 def lowest(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Indices of the ``floor(ratio * n)`` lowest scores (at least one channel kept).
 
@@ -99,9 +163,6 @@ def lowest(scores: torch.Tensor, ratio: float) -> torch.Tensor:
         >>> lowest(torch.tensor([3.0, 1.0, 2.0, 5.0]), 0.5).tolist()
         [1, 2]
     """
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-    n = len(scores)
-    k = min(int(ratio * n + 1e-9), n - 1)
+    k = n_remove(len(scores), ratio)
     order = torch.argsort(scores.detach().float().cpu(), stable=True)
     return order[:k].sort().values

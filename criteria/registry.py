@@ -24,15 +24,22 @@ def available() -> list:
 def get(criterion: Any, **options: Any):
     """A criterion object from a name (with options) or an existing criterion object.
 
+    ``normalize="mean"|"max"|"lamp"|"none"`` wraps it in :class:`criteria.Normalized`.
+
     Example:
         >>> get("l1")
         L1Norm(include='producers')
     """
+    normalize = options.pop("normalize", None)
     if isinstance(criterion, str):
         if criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r}; available: {', '.join(available())}. "
                              f"Register your own with @criteria.register(name).")
-        return CRITERIA[criterion](**options)
+        obj = CRITERIA[criterion](**options)
+        if normalize is None:
+            return obj
+        from criteria.normalize import Normalized
+        return Normalized(obj, normalize)
     if hasattr(criterion, "score") and not isinstance(criterion, type):
         if options:
             raise ValueError("options are only accepted with a criterion name, not an object")

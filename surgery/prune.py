@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 import criteria as _criteria
 from surgery.groups import ChannelGraph
@@ -34,16 +35,16 @@ def n_remove(size: int, ratio: float) -> int:
 def select_removal(graph: ChannelGraph, criterion: Any, ratio: float) -> np.ndarray:
     """Variable roots of the lowest-scoring units, ``floor(ratio*size)`` per prunable group."""
     removed = []
-    for group in graph.prunable_groups:
+    # tqdm's disable=None hides the bar when output is not a terminal (CI, logs)
+    for group in tqdm(graph.prunable_groups, desc="selecting channels", disable=None, leave=False):
         k = n_remove(group.size, ratio)
         if k == 0:
             continue
-        scores = criterion.score(group_view(graph, group))
-        if scores.shape != (group.size,):
-            raise ValueError(f"{type(criterion).__name__} returned scores of shape {tuple(scores.shape)} "
-                             f"for group {group.index} of {group.size} channels")
-        drop = torch.argsort(scores, stable=True)[:k].numpy()
-        removed.append(group.units[drop])
+        drop = criterion.select(group_view(graph, group), k)
+        if drop.numel() != k or len(set(drop.tolist())) != k:
+            raise ValueError(f"{type(criterion).__name__}.select returned {drop.tolist()} for group "
+                             f"{group.index}: expected {k} distinct channel indices")
+        removed.append(group.units[drop.numpy()])
     return np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
 
 
