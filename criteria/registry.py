@@ -28,7 +28,7 @@ def get(criterion: Any, **options: Any):
 
     Example:
         >>> get("l1")
-        L1Norm(include='producers')
+        L1Norm(include='producers', reduce='sum')
     """
     normalize = options.pop("normalize", None)
     if isinstance(criterion, str):

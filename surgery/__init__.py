@@ -15,8 +15,12 @@ from surgery.trace import trace
 from surgery.rewrite import rewrite
 from surgery.prune import prune
 from surgery import oracle
+from surgery.surgeon import Surgeon
+from surgery.manual import remove_bn, remove_filters, remove_kernels
+from surgery.sparsity import SparsityReport, make_permanent, sparsify, sparsity_report
 
 __all__ = ["trace", "prune", "rewrite", "ChannelGraph", "Group", "Member", "Handler", "handler_for",
            "register_handler", "register_module_rule", "register_function_rule",
            "register_method_rule", "RuleContext", "passthrough", "elementwise", "TraceError",
-           "ShapeError", "oracle"]
+           "ShapeError", "oracle", "Surgeon", "remove_filters", "remove_bn", "remove_kernels",
+           "sparsify", "make_permanent", "sparsity_report", "SparsityReport"]
