@@ -18,9 +18,14 @@ from surgery import oracle
 from surgery.surgeon import Surgeon
 from surgery.manual import remove_bn, remove_filters, remove_kernels
 from surgery.sparsity import SparsityReport, make_permanent, sparsify, sparsity_report
+from surgery.plan import Plan, apply
+from surgery.pruner import PruneConfig, Pruner
+from surgery.report import Report, report
+from surgery.saving import load, save
 
 __all__ = ["trace", "prune", "rewrite", "ChannelGraph", "Group", "Member", "Handler", "handler_for",
            "register_handler", "register_module_rule", "register_function_rule",
            "register_method_rule", "RuleContext", "passthrough", "elementwise", "TraceError",
            "ShapeError", "oracle", "Surgeon", "remove_filters", "remove_bn", "remove_kernels",
-           "sparsify", "make_permanent", "sparsity_report", "SparsityReport"]
+           "sparsify", "make_permanent", "sparsity_report", "SparsityReport", "Plan", "apply",
+           "PruneConfig", "Pruner", "Report", "report", "save", "load"]

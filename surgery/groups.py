@@ -85,6 +85,7 @@ class ChannelGraph:
         self.slots = list(ctx.slots.values())
         self.patches = ctx.patches
         self.warnings = ctx.warnings
+        self.input_spec: list = []
 
     @property
     def prunable_groups(self) -> list:

@@ -42,6 +42,9 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
     size, a split size) had to change: then the patched ``torch.fx.GraphModule`` is
     returned, with a warning that says so.
     """
+    from surgery.plan import plan_from_units
+    plan = plan_from_units(graph, removed, model)  # fingerprint before any change
+    history = list(getattr(model, HISTORY, []))
     target = model if inplace else copy.deepcopy(model)
     keeps = keep_indices(graph, removed)
     kinds = {(s.name, s.role): s.kind for s in graph.slots}
@@ -56,8 +59,18 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
             new = handler_for(module).prune(module, roles.get("in"), roles.get("out"))
             set_submodule(target, name, new)
     changed = _patched_graph(graph, removed)
-    if changed is None:
-        return target
+    result = target if changed is None else _graph_module(model, target, changed)
+    if plan.entries:
+        history.append(plan.to_json(indent=None))
+    object.__setattr__(result, HISTORY, history)
+    object.__setattr__(result, "_surgery_model_name", plan.model)
+    return result
+
+
+HISTORY = "surgery_history"
+
+
+def _graph_module(model: nn.Module, target: nn.Module, changed) -> fx.GraphModule:
     gm = fx.GraphModule(target, changed, type(model).__name__ + "Pruned")
     warnings.warn(
         f"pruning changed literal sizes in {type(model).__name__}'s forward (reshape/split "

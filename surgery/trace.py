@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from surgery.analysis import analyse
 from surgery.groups import ChannelGraph, build_groups
+from surgery.plan import input_spec
 from surgery.tracing import propagate, symbolic_trace
 
 __all__ = ["trace"]
@@ -41,6 +42,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         for m in g.members:
             m.type_name = "Parameter" if m.kind == "param" else type(gm.get_submodule(m.name)).__name__
     graph = ChannelGraph(gm, ctx, groups, roots)
+    graph.input_spec = input_spec(example_inputs)
     for w in ctx.warnings:
         warnings.warn(w, stacklevel=2)
     return graph
