@@ -13,7 +13,6 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -22,7 +21,6 @@ import torch.nn as nn
 __all__ = ["GroupView", "Criterion", "WeightCriterion", "layer_view", "lowest", "n_remove"]
 
 
-@dataclass
 class GroupView:
     """The weights of one channel group, arranged per channel.
 
@@ -31,18 +29,38 @@ class GroupView:
     linear output rows), ``consumers`` read them (input columns of the next layers),
     ``per_channel`` are layers with one parameter per channel (BatchNorm gamma, ...).
     ``names`` and ``modules`` list the layers behind each entry (for data criteria).
+    ``loader(kind)`` (optional) builds a part on first access, so criteria that read only
+    producers never pay for the consumers' slices.
+
+    Example:
+        >>> import torch
+        >>> GroupView(producers=[torch.ones(4, 9)]).size
+        4
     """
-    producers: list = field(default_factory=list)
-    consumers: list = field(default_factory=list)
-    per_channel: list = field(default_factory=list)
-    names: dict = field(default_factory=dict)   # kind -> list of layer names
-    modules: dict = field(default_factory=dict)  # kind -> list of nn.Module
+    KINDS = ("producers", "consumers", "per_channel")
+
+    def __init__(self, producers=None, consumers=None, per_channel=None, names=None, modules=None,
+                 size=None, loader=None) -> None:
+        self._parts = {"producers": producers, "consumers": consumers, "per_channel": per_channel}
+        self.names, self.modules = names or {}, modules or {}
+        self._size, self._loader = size, loader
+
+    def _part(self, kind: str) -> list:
+        if self._parts[kind] is None:
+            self._parts[kind] = list(self._loader(kind)) if self._loader else []
+        return self._parts[kind]
+
+    producers = property(lambda self: self._part("producers"))
+    consumers = property(lambda self: self._part("consumers"))
+    per_channel = property(lambda self: self._part("per_channel"))
 
     @property
     def size(self) -> int:
-        for part in (self.producers, self.consumers, self.per_channel):
-            if part:
-                return part[0].shape[0]
+        if self._size is not None:
+            return self._size
+        for kind in self.KINDS:
+            if self._part(kind):
+                return self._part(kind)[0].shape[0]
         raise ValueError("empty GroupView: give it at least one producer, consumer or per-channel slice")
 
 
@@ -145,8 +163,13 @@ class WeightCriterion(Criterion):
         raise NotImplementedError
 
     def score_group(self, view: GroupView) -> torch.Tensor:
-        scores = torch.stack([self.score_part(p.double()) for p in self.parts(view)])
+        scores = torch.stack([self.score_part(_real(p)) for p in self.parts(view)])
         return self._REDUCE[self.reduce](scores)
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """float32/float64 as they are; half precision and integers in float32."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def n_remove(n: int, ratio: float) -> int:

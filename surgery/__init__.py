@@ -6,8 +6,8 @@ Example:
     >>> model = create("vgg16_bn", num_classes=10)
     >>> small = surgery.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5)
 """
-from surgery.rules import (passthrough, elementwise, register_function_rule, register_method_rule,
-                           register_module_rule, RuleContext)
+from surgery.rules import (passthrough, elementwise, per_channel, register_function_rule,
+                           register_method_rule, register_module_rule, RuleContext)
 from surgery.handlers import Handler, handler_for, register_handler
 from surgery.groups import ChannelGraph, Group, Member
 from surgery.tracing import ShapeError, TraceError
@@ -25,7 +25,7 @@ from surgery.saving import load, save
 
 __all__ = ["trace", "prune", "rewrite", "ChannelGraph", "Group", "Member", "Handler", "handler_for",
            "register_handler", "register_module_rule", "register_function_rule",
-           "register_method_rule", "RuleContext", "passthrough", "elementwise", "TraceError",
+           "register_method_rule", "RuleContext", "passthrough", "elementwise", "per_channel", "TraceError",
            "ShapeError", "oracle", "Surgeon", "remove_filters", "remove_bn", "remove_kernels",
            "sparsify", "make_permanent", "sparsity_report", "SparsityReport", "Plan", "apply",
            "PruneConfig", "Pruner", "Report", "report", "save", "load"]

@@ -86,6 +86,7 @@ class ChannelGraph:
         self.patches = ctx.patches
         self.warnings = ctx.warnings
         self.input_spec: list = []
+        self.example_inputs = None
 
     @property
     def prunable_groups(self) -> list:

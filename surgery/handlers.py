@@ -26,7 +26,12 @@ Index = Sequence[int] | torch.Tensor | None
 
 
 class Handler:
-    """Base class: subclasses implement ``prune`` and ``slices``."""
+    """Base class: subclasses implement ``prune`` and ``slices``.
+
+    ``replaces`` names the module's own tensors that ``prune`` always replaces when a side
+    is given; the rewriter does not copy those before rebuilding (speed, memory).
+    """
+    replaces: tuple = ()
 
     def prune(self, module: nn.Module, keep_in: Index, keep_out: Index) -> nn.Module:
         raise NotImplementedError
@@ -104,6 +109,7 @@ def _masks(n: int, keep: Index) -> torch.Tensor:
 @register_handler(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 class ConvHandler(Handler):
     """Plain, depthwise (whole groups removed) and grouped convs (balanced removal)."""
+    replaces = ("weight", "bias")
 
     def prune(self, module, keep_in, keep_out):
         g, cin, cout = module.groups, module.in_channels, module.out_channels
@@ -163,8 +169,12 @@ def _group_index(alive: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- linear, embedding
 @register_handler(nn.Linear)
 class LinearHandler(Handler):
+    replaces = ("weight", "bias")
+
     def prune(self, module, keep_in, keep_out):
         new = _clone(module)
+        if module.bias is not None:
+            replace_param(new, "bias", module.bias)  # never shared with the original
         if keep_out is not None:
             k = _index(keep_out, module.weight.device)
             _check(k, module.out_features, module, "output")
@@ -184,6 +194,8 @@ class LinearHandler(Handler):
 
 @register_handler(nn.Embedding)
 class EmbeddingHandler(Handler):
+    replaces = ("weight",)
+
     def prune(self, module, keep_in, keep_out):
         new = _clone(module)
         if keep_out is not None:
@@ -202,6 +214,10 @@ class PerChannelHandler(Handler):
     """Layers whose parameters and buffers are indexed by channel along dim 0."""
     size_attr = "num_features"
     tensors = ("weight", "bias", "running_mean", "running_var")
+
+    @property
+    def replaces(self) -> tuple:
+        return self.tensors
 
     def prune(self, module, keep_in, keep_out):
         keep = keep_out if keep_out is not None else keep_in

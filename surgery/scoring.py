@@ -25,6 +25,8 @@ def member_tensor(graph: ChannelGraph, name: str, role: str, kind: str) -> torch
 
 
 def _per_unit(t: torch.Tensor, unit_index: np.ndarray, size: int) -> torch.Tensor:
+    if len(unit_index) == size and (unit_index == np.arange(size)).all():
+        return t  # one position per unit, already in unit order: no copy
     pos = np.nonzero(unit_index >= 0)[0]
     units = unit_index[pos]
     counts = np.bincount(units, minlength=size)
@@ -41,13 +43,17 @@ def _per_unit(t: torch.Tensor, unit_index: np.ndarray, size: int) -> torch.Tenso
 
 
 def group_view(graph: ChannelGraph, group: Group) -> GroupView:
-    """The group's weights per unit, by kind, for :meth:`criteria.Criterion.score`."""
-    view = GroupView()
+    """The group's weights per unit, by kind, for :meth:`criteria.Criterion.score`
+    (each kind's slices are built when a criterion first reads them)."""
+    names: dict = {}
+    modules: dict = {}
     for m in group.members:
-        part = _KIND[m.kind]
-        t = member_tensor(graph, m.name, m.role, m.kind)
-        getattr(view, part).append(_per_unit(t, m.unit_index, group.size))
-        view.names.setdefault(m.kind, []).append(m.name)
+        names.setdefault(m.kind, []).append(m.name)
         if m.kind != "param":
-            view.modules.setdefault(m.kind, []).append(graph.gm.get_submodule(m.name))
-    return view
+            modules.setdefault(m.kind, []).append(graph.gm.get_submodule(m.name))
+
+    def load(part: str) -> list:
+        return [_per_unit(member_tensor(graph, m.name, m.role, m.kind), m.unit_index, group.size)
+                for m in group.members if _KIND[m.kind] == part]
+
+    return GroupView(names=names, modules=modules, size=group.size, loader=load)

@@ -43,6 +43,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
             m.type_name = "Parameter" if m.kind == "param" else type(gm.get_submodule(m.name)).__name__
     graph = ChannelGraph(gm, ctx, groups, roots)
     graph.input_spec = input_spec(example_inputs)
+    graph.example_inputs = example_inputs
     for w in ctx.warnings:
         warnings.warn(w, stacklevel=2)
     return graph

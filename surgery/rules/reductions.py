@@ -120,3 +120,35 @@ def matmul(ctx: RuleContext, node: fx.Node):
 
 register_function_rule(torch.matmul, operator.matmul, torch.bmm)(matmul)
 register_method_rule("matmul", "bmm")(matmul)
+
+
+def einsum(ctx: RuleContext, node: fx.Node):
+    """``torch.einsum(eq, *operands)``: dims sharing a letter are unified (contracted or
+    not); the output's dims carry their letter's channels."""
+    eq, *ops = node.args
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = list(ops[0])
+    eq = eq.replace(" ", "")
+    operands = [(ctx.axes(o) or {}, ctx.shape(o)) for o in ops]
+    if "..." in eq or "->" not in eq or any(s is None for _, s in operands):
+        ctx.freeze_all([a for a, _ in operands], "einsum with ellipsis or implicit output")
+        return {}
+    ins, out_letters = eq.split("->")
+    letters: dict = {}
+    for (axes, shape), spec in zip(operands, ins.split(",")):
+        for d, ch in enumerate(spec):
+            letters.setdefault(ch, []).append((axes.get(d), shape[d]))
+    chosen = {}
+    for ch, occ in letters.items():
+        tracked = [v for v, _ in occ if v is not None]
+        if not tracked:
+            continue
+        for v in tracked[1:]:
+            ctx.unify(tracked[0], v)
+        if any(v is None and n > 1 for v, n in occ):
+            ctx.freeze(tracked[0], "einsum with an untracked operand")
+        chosen[ch] = tracked[0]
+    return {d: chosen[ch] for d, ch in enumerate(out_letters) if ch in chosen}
+
+
+register_function_rule(torch.einsum)(einsum)

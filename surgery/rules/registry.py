@@ -56,9 +56,14 @@ def register_method_rule(*names: str) -> Callable[[Rule], Rule]:
 
 
 def module_rule_for(module: nn.Module) -> Rule | None:
+    """The rule of the module's class or its nearest registered base class. A subclass
+    that overrides ``forward`` does not inherit its base's rule (its forward may move
+    channels differently, like torchvision's LayerNorm2d); it is traced through instead."""
     for cls in type(module).__mro__:
         if cls in MODULE_RULES:
             return MODULE_RULES[cls]
+        if "forward" in vars(cls):
+            return None
     return None
 
 

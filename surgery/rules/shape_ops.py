@@ -104,6 +104,36 @@ def _size_args(node: fx.Node) -> tuple[list, tuple]:
     return [], ()
 
 
+SIZE_OF = "surgery.size_of"  # node.meta: (tensor node, dim or None) a size value was read from
+
+
+def _follow_dynamic_sizes(ctx: RuleContext, node: fx.Node, out: dict) -> None:
+    """A dynamic size read from another tensor's dim (``reshape(B, G, P, D)`` with ``D`` from
+    the block input) must stay equal to it: unify position-wise, or freeze if it is fixed."""
+    sizes, _ = _size_args(node)
+    source = node.args[0] if node.args else None
+    for d, s in enumerate(sizes):
+        origin = s.meta.get(SIZE_OF) if isinstance(s, fx.Node) else None
+        if not origin or origin[1] is None:
+            continue
+        src, sd = origin
+        src_vars = (ctx.axes(src) or {}).get(sd)
+        v = out.get(d)
+        if v is None:  # this dim keeps its size, so the dim it is read from must too
+            if src_vars is not None:
+                ctx.freeze(src_vars, "its size fixes a dim of a reshape whose channels are not tracked")
+            continue
+        if src is source and src_vars is not None and len(src_vars) == len(v) and np.array_equal(src_vars, v):
+            continue
+        if src_vars is None:
+            ctx.freeze(v, "a reshape size is read from a dim whose channels are not tracked")
+        elif len(src_vars) == len(v):
+            ctx.unify(src_vars, v)
+        else:
+            ctx.freeze(v, "a reshape size is read from another tensor")
+            ctx.freeze(src_vars, "its size sets a reshape of another tensor")
+
+
 def _patch_sizes(ctx: RuleContext, node: fx.Node, out: dict, blocks: dict | None = None) -> None:
     """Record literal sizes of tracked dims for patching. A literal that shares a reshape
     block with a size computed at run time (``c // g``) may feed that computation, so
@@ -130,6 +160,7 @@ def reshape(ctx: RuleContext, node: fx.Node):
     out = reshape_axes(ctx, in_shape, axes, out_shape, blocks)
     if node.target in ("view", "reshape", torch.reshape):
         _patch_sizes(ctx, node, out, blocks)
+        _follow_dynamic_sizes(ctx, node, out)
     return out
 
 
@@ -281,6 +312,10 @@ register_function_rule(torch.chunk)(chunk)
 # --------------------------------------------------------------------------- getitem
 def getitem(ctx: RuleContext, node: fx.Node):
     src, idx = node.args
+    origin = src.meta.get(SIZE_OF) if isinstance(src, fx.Node) else None
+    if origin and origin[1] is None and isinstance(idx, int):  # x.shape[i]
+        node.meta[SIZE_OF] = (origin[0], idx % max(len(ctx.shape(origin[0]) or ()), 1))
+        return None
     axes = ctx.axes(src)
     if isinstance(axes, list):  # tuple/list output of an op
         sel = axes[idx]
@@ -357,7 +392,11 @@ register_method_rule("expand", "expand_as")(expand)
 
 
 def size_like(ctx: RuleContext, node: fx.Node):
-    """Ops that return shapes or metadata, not tensors."""
+    """Ops that return shapes or metadata, not tensors; sizes remember where they came from."""
+    if node.target == "size" and isinstance(node.args[0], fx.Node):
+        dim = ctx.arg(1, "dim")
+        nd = len(ctx.shape(node.args[0]) or ())
+        node.meta[SIZE_OF] = (node.args[0], dim % nd if isinstance(dim, int) and nd else None)
     return None
 
 
@@ -366,6 +405,9 @@ register_method_rule("size", "dim", "numel", "nelement")(size_like)
 
 def attribute(ctx: RuleContext, node: fx.Node):
     name = node.args[1]
+    if name == "shape" and isinstance(node.args[0], fx.Node):
+        node.meta[SIZE_OF] = (node.args[0], None)
+        return None
     if name in ("T", "mT"):
         x = node.args[0]
         nd = len(ctx.shape(x))
