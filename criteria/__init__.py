@@ -17,8 +17,14 @@ from criteria.fpgm import FPGM
 from criteria.randomized import Random
 from criteria.normalize import Normalized, lamp, normalize_scores
 from criteria.kmeans import KMeansCriterion, cluster_filters, kmeans_removal
+from criteria.data import DataCriterion
+from criteria.activations import APoZ, Coverage, HRank, Taylor
+from criteria.gradients import Fisher, KTaylor, TaylorWeight
+from criteria.wanda import Wanda
+from criteria.ocap import OCAP
 
 __all__ = ["Criterion", "GroupView", "WeightCriterion", "layer_view", "lowest", "n_remove", "CRITERIA",
            "available", "get", "register", "L1Norm", "L2Norm", "BNScale", "bn_l1_penalty", "FPGM",
            "Random", "Normalized", "lamp", "normalize_scores", "KMeansCriterion", "cluster_filters",
-           "kmeans_removal"]
+           "kmeans_removal", "DataCriterion", "Taylor", "Coverage", "APoZ", "HRank", "TaylorWeight",
+           "Fisher", "KTaylor", "Wanda", "OCAP"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -30,7 +31,9 @@ class GroupView:
     ``per_channel`` are layers with one parameter per channel (BatchNorm gamma, ...).
     ``names`` and ``modules`` list the layers behind each entry (for data criteria).
     ``loader(kind)`` (optional) builds a part on first access, so criteria that read only
-    producers never pay for the consumers' slices.
+    producers never pay for the consumers' slices. ``index[kind][i]`` maps each position of
+    ``modules[kind][i]``'s channel dim to its channel in the group (-1: another group),
+    which data criteria use to turn per-position statistics into per-channel scores.
 
     Example:
         >>> import torch
@@ -40,9 +43,9 @@ class GroupView:
     KINDS = ("producers", "consumers", "per_channel")
 
     def __init__(self, producers=None, consumers=None, per_channel=None, names=None, modules=None,
-                 size=None, loader=None) -> None:
+                 size=None, loader=None, index=None) -> None:
         self._parts = {"producers": producers, "consumers": consumers, "per_channel": per_channel}
-        self.names, self.modules = names or {}, modules or {}
+        self.names, self.modules, self.index = names or {}, modules or {}, index or {}
         self._size, self._loader = size, loader
 
     def _part(self, kind: str) -> list:
@@ -74,6 +77,12 @@ class Criterion:
     needs_data: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
     needs_gradients: ClassVar[bool] = False
+
+    def calibrate(self, model: nn.Module, data, **options) -> "Criterion":
+        """Collect statistics from data (data criteria); weight criteria need none."""
+        if self.needs_data:
+            raise NotImplementedError(f"{type(self).__name__} must implement calibrate()")
+        return self
 
     def score(self, target: nn.Module | GroupView | torch.Tensor) -> torch.Tensor:
         """Scores per output channel of a layer or weight tensor, or per channel of a group."""
@@ -129,10 +138,14 @@ def layer_view(target: nn.Module | torch.Tensor) -> GroupView:
     if isinstance(target, nn.modules.conv._ConvTransposeNd):
         g = target.groups
         w = weight.reshape(g, weight.shape[0] // g, weight.shape[1], -1).permute(0, 2, 1, 3)
-        return GroupView(producers=[w.reshape(g * weight.shape[1], -1)], modules={"producer": [target]})
-    if weight.dim() == 1:
-        return GroupView(per_channel=[weight.reshape(-1, 1)], modules={"per_channel": [target]})
-    return GroupView(producers=[weight.reshape(weight.shape[0], -1)], modules={"producer": [target]})
+        w = w.reshape(g * weight.shape[1], -1)
+        kind, part = "producer", dict(producers=[w])
+    elif weight.dim() == 1:
+        kind, part = "per_channel", dict(per_channel=[weight.reshape(-1, 1)])
+    else:
+        kind, part = "producer", dict(producers=[weight.reshape(weight.shape[0], -1)])
+    n = next(iter(part.values()))[0].shape[0]
+    return GroupView(**part, modules={kind: [target]}, index={kind: [np.arange(n)]})
 
 
 class WeightCriterion(Criterion):

@@ -106,6 +106,10 @@ class KMeansCriterion(Criterion):
     def score_group(self, view: GroupView) -> torch.Tensor:
         return self.base.score_group(view)
 
+    def calibrate(self, model, data, **options):
+        self.base.calibrate(model, data, **options)
+        return self
+
     def select(self, target, n: int) -> torch.Tensor:
         view = target if isinstance(target, GroupView) else layer_view(target)
         scores = self.base.score(view)

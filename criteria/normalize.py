@@ -62,3 +62,7 @@ class Normalized(Criterion):
 
     def select(self, target, n: int) -> torch.Tensor:
         return self.base.select(target, n)
+
+    def calibrate(self, model, data, **options):
+        self.base.calibrate(model, data, **options)
+        return self

@@ -16,7 +16,7 @@ from surgery.scoring import group_view
 from surgery.trace import trace
 from surgery.tracing import as_inputs
 
-__all__ = ["prune", "check_ratio", "select_removal", "verify_outputs"]
+__all__ = ["prune", "check_ratio", "select_removal", "verify_outputs", "calibrate"]
 
 
 def check_ratio(ratio: Any, name: str = "ratio") -> float:
@@ -41,6 +41,10 @@ def select_removal(graph: ChannelGraph, criterion: Any, ratio: float) -> np.ndar
         if k == 0:
             continue
         drop = criterion.select(group_view(graph, group), k)
+        if getattr(criterion, "decides_count", False):  # the data decides; ratio caps it
+            k = drop.numel()
+            if k > n_remove(group.size, ratio) or not k:
+                continue
         if drop.numel() != k or len(set(drop.tolist())) != k:
             raise ValueError(f"{type(criterion).__name__}.select returned {drop.tolist()} for group "
                              f"{group.index}: expected {k} distinct channel indices")
@@ -49,11 +53,16 @@ def select_removal(graph: ChannelGraph, criterion: Any, ratio: float) -> np.ndar
 
 
 def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any = "l1",
-          ignored_layers: Iterable = (), leaf_modules: Iterable = (), inplace: bool = False) -> nn.Module:
+          ignored_layers: Iterable = (), leaf_modules: Iterable = (), inplace: bool = False,
+          data: Any = None, max_batches: int | None = None, forward_fn: Any = None,
+          loss_fn: Any = None) -> nn.Module:
     """Remove ``floor(ratio * size)`` channels from every prunable group.
 
     Channels that reach a model output are never pruned, so the classifier needs no
-    listing. The user's model is left untouched unless ``inplace=True``.
+    listing. The user's model is left untouched unless ``inplace=True``. Data criteria
+    ("taylor", "coverage", ...) calibrate on ``data`` (batches of ``(inputs, targets)``, at
+    most ``max_batches``; ``forward_fn(model, batch) -> (output, targets)`` and ``loss_fn``
+    for other batch shapes and losses).
 
     Example:
         >>> import torch, surgery
@@ -66,10 +75,22 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
     ratio = check_ratio(ratio)
     crit = _criteria.get(criterion)
     graph = trace(model, example_inputs, leaf_modules=leaf_modules, ignored_layers=ignored_layers)
+    calibrate(crit, model, data, max_batches=max_batches, forward_fn=forward_fn, loss_fn=loss_fn)
     removed = select_removal(graph, crit, ratio)
     pruned = rewrite(model, graph, removed, inplace=inplace)
     verify_outputs(graph, pruned, example_inputs)
     return pruned
+
+
+def calibrate(criterion: Any, model: nn.Module, data: Any, **options: Any) -> None:
+    """Run a data criterion's calibration (no-op for weight criteria, which take no data)."""
+    if getattr(criterion, "needs_data", False):
+        if data is None:
+            raise ValueError(f"criterion {type(criterion).__name__} needs data: pass data=<DataLoader or "
+                             f"list of (inputs, targets)> (and max_batches=... to limit it)")
+        criterion.calibrate(model, data, **{k: v for k, v in options.items() if v is not None})
+    elif data is not None:
+        raise ValueError(f"criterion {type(criterion).__name__} uses weights only; data= is not used")
 
 
 def verify_outputs(graph: ChannelGraph, pruned: nn.Module, example_inputs: Any) -> None:

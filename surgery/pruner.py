@@ -26,7 +26,7 @@ import criteria as _criteria
 from surgery.groups import ChannelGraph, Group
 from surgery.metrics import count_flops, count_params
 from surgery.plan import Plan, plan_from_units
-from surgery.prune import check_ratio, verify_outputs
+from surgery.prune import calibrate, check_ratio, verify_outputs
 from surgery.rewrite import rewrite
 from surgery.scoring import group_view
 from surgery.trace import trace
@@ -109,8 +109,11 @@ class Pruner:
     after each step (fine-tune it inside the loop); ``run(on_step)`` does them all.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, **options):
+    def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
+                 data: Any = None, max_batches: int | None = None, forward_fn: Callable | None = None,
+                 loss_fn: Callable | None = None, **options):
         self.config = replace(config or PruneConfig(), **options).validate()
+        self._data = dict(data=data, max_batches=max_batches, forward_fn=forward_fn, loss_fn=loss_fn)
         self.example_inputs = example_inputs
         self.criterion = _criteria.get(self.config.criterion)
         self._ratio_names = _names(model, self.config.ratios)
@@ -165,6 +168,8 @@ class Pruner:
                          ignored_layers=self._ignored)
 
     def _choose(self, graph: ChannelGraph, step: int) -> np.ndarray:
+        opts = dict(self._data)
+        calibrate(self.criterion, self.model, opts.pop("data"), **opts)  # on the current model
         for g in graph.prunable_groups:
             self._orig.setdefault(_anchor(g), g.size)
         c = self.config

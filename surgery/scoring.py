@@ -47,13 +47,15 @@ def group_view(graph: ChannelGraph, group: Group) -> GroupView:
     (each kind's slices are built when a criterion first reads them)."""
     names: dict = {}
     modules: dict = {}
+    index: dict = {}
     for m in group.members:
         names.setdefault(m.kind, []).append(m.name)
         if m.kind != "param":
             modules.setdefault(m.kind, []).append(graph.gm.get_submodule(m.name))
+            index.setdefault(m.kind, []).append(m.unit_index)
 
     def load(part: str) -> list:
         return [_per_unit(member_tensor(graph, m.name, m.role, m.kind), m.unit_index, group.size)
                 for m in group.members if _KIND[m.kind] == part]
 
-    return GroupView(names=names, modules=modules, size=group.size, loader=load)
+    return GroupView(names=names, modules=modules, size=group.size, loader=load, index=index)

@@ -1,0 +1,154 @@
+"""Calibration: run a model over batches with hooks that accumulate per-channel sums.
+
+Hooks are added and removed by :func:`hooked` (removed even when the forward raises);
+the model's train/eval mode and every parameter's ``requires_grad`` are restored.
+Statistics are running sums per channel, so memory does not grow with the data.
+With ``torch.distributed`` initialised they are all-reduced, so every rank holds the
+sums of all ranks' data.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+__all__ = ["Stats", "hooked", "run_batches", "HOOKABLE", "channel_dim", "per_channel_view"]
+
+HOOKABLE = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def channel_dim(module: nn.Module, t: torch.Tensor) -> int:
+    """The channel dim of a module's input/output: last for Linear/LayerNorm, else 1."""
+    if isinstance(module, (nn.Linear, nn.LayerNorm)) or t.dim() < 2:
+        return t.dim() - 1
+    return 1
+
+
+def per_channel_view(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[N, C, positions]`` (a Linear's [N, F] input becomes [N, F, 1])."""
+    t = t.movedim(dim, -1)
+    return t.reshape(-1, t.shape[-1], 1) if t.dim() <= 2 else t.reshape(t.shape[0], -1, t.shape[-1]).transpose(1, 2)
+
+
+class Stats:
+    """Per-module running sums, keyed by the module's position in ``model.modules()``."""
+
+    def __init__(self, modules: list) -> None:
+        self.modules = modules
+        self.order = {id(m): i for i, m in enumerate(modules)}
+        self.sums: dict = {}
+
+    def add(self, module: nn.Module, values: dict) -> None:
+        slot = self.sums.setdefault(self.order[id(module)], {})
+        for key, v in values.items():
+            v = v.detach().double()
+            slot[key] = slot[key] + v if key in slot else v.clone()
+
+    def get(self, module: nn.Module) -> dict | None:
+        return self.sums.get(self.order.get(id(module), -1))
+
+    def all_reduce(self) -> None:
+        """Sum every statistic over the ranks of the default process group (if any)."""
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        for i in sorted(self.sums):
+            for key in sorted(self.sums[i]):
+                dist.all_reduce(self.sums[i][key], op=dist.ReduceOp.SUM)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for slot in self.sums.values() for t in slot.values())
+
+
+@contextlib.contextmanager
+def hooked(model: nn.Module, modules: list, *, forward: Callable | None = None,
+           pre: Callable | None = None, needs_grad: bool = False):
+    """Eval mode, hooks on ``modules``; everything restored on exit, even after an error."""
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    handles = []
+    try:
+        model.eval()
+        if needs_grad:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        for m in modules:
+            if forward is not None:
+                handles.append(m.register_forward_hook(forward))
+            if pre is not None:
+                handles.append(m.register_forward_pre_hook(pre))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def _split(batch: Any) -> tuple:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    return batch, None
+
+
+def _to(x: Any, device) -> Any:
+    if device is None:
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def sum_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch: per-sample gradients do not depend on batch size."""
+    return F.cross_entropy(output, target, reduction="sum")
+
+
+def run_batches(model: nn.Module, data: Iterable, *, max_batches: int | None = None,
+                forward_fn: Callable | None = None, loss_fn: Callable | None = None,
+                backward: bool = False, device: Any = None, on_batch: Callable | None = None,
+                after_backward: Callable | None = None, desc: str = "calibrating") -> int:
+    """Forward (and backward) every batch; returns the number of batches seen.
+
+    A batch is ``(inputs, targets)`` unless ``forward_fn(model, batch) -> (output, targets)``
+    says otherwise. ``loss_fn(output, targets)`` defaults to summed cross-entropy.
+    """
+    if data is None:
+        raise ValueError("this criterion needs data: pass data=<DataLoader or list of (inputs, targets)>")
+    loss_fn = loss_fn or sum_cross_entropy
+    total = max_batches if max_batches is not None else (len(data) if hasattr(data, "__len__") else None)
+    seen = 0
+    for batch in tqdm(itertools.islice(data, max_batches), total=total, desc=desc, disable=None, leave=False):
+        batch = _to(batch, device)
+        inputs, targets = _split(batch)
+        if on_batch is not None:
+            on_batch(inputs, targets)
+        with torch.set_grad_enabled(backward):
+            if forward_fn is not None:
+                output, targets = forward_fn(model, batch)
+            else:
+                output = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+            if backward:
+                if targets is None:
+                    raise ValueError("gradient criteria need targets: batches of (inputs, targets), or a "
+                                     "forward_fn returning (output, targets)")
+                model.zero_grad(set_to_none=True)
+                loss_fn(output, targets).backward()
+                if after_backward is not None:
+                    after_backward()
+        seen += 1
+    if seen == 0:
+        raise ValueError("the calibration data yielded no batches")
+    return seen

@@ -1,0 +1,50 @@
+"""WANDA, structured: activation norm of a channel times the weights that read it."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from criteria.base import GroupView
+from criteria.data import DataCriterion, per_unit
+from criteria.registry import register
+
+__all__ = ["Wanda"]
+
+
+@register("wanda")
+class Wanda(DataCriterion):
+    """Sun et al. 2023, per channel: ||X_c||_2 over all samples and positions of the input
+    of each consumer, times the sum of |W_next[:, c]| of that consumer, summed over the
+    group's consumers (residual and concat groups have several).
+
+    Standalone, ``score(layer)`` scores the layer's *input* channels (what WANDA measures);
+    remove them with ``surgery.remove_kernels``.
+    """
+    site = "input"
+    hook_outputs = False
+
+    def observe_input(self, module, x):
+        return {"sumsq": (x.double() ** 2).sum((0, 2))}
+
+    def score_group(self, view: GroupView) -> torch.Tensor:
+        total = torch.zeros(view.size, dtype=torch.float64)
+        for (module, index), weights in zip(self.sites(view), view.consumers):
+            st = self.stats_of(module)
+            if st is None:
+                raise ValueError(f"wanda: no input statistics for {type(module).__name__}; calibrate first")
+            norms = per_unit(st["sumsq"], index, view.size).sqrt()
+            total += norms * weights.double().abs().sum(1).cpu()
+        if not view.consumers:
+            raise ValueError("wanda: this group has no consuming layer (its channels reach the output)")
+        return total
+
+    def score(self, target):
+        if not isinstance(target, (nn.Linear, nn.modules.conv._ConvNd)):
+            return super().score(target)
+        if getattr(target, "groups", 1) != 1:
+            raise ValueError("wanda.score(layer) supports groups=1 layers; use it through surgery.prune")
+        w = target.weight.transpose(0, 1).reshape(target.weight.shape[1], -1)
+        view = GroupView(consumers=[w], modules={"consumer": [target]},
+                         index={"consumer": [list(range(w.shape[0]))]})
+        with torch.no_grad():
+            return self.score_group(view).float()
