@@ -16,7 +16,7 @@ from surgery.rewrite import rewrite
 from surgery.prune import prune
 from surgery import oracle
 from surgery.surgeon import Surgeon
-from surgery.manual import remove_bn, remove_filters, remove_kernels
+from surgery.manual import keep_classes, remove_bn, remove_filters, remove_kernels
 from surgery.sparsity import SparsityReport, make_permanent, sparsify, sparsity_report
 from surgery.plan import Plan, apply
 from surgery.pruner import PruneConfig, Pruner
@@ -26,6 +26,6 @@ from surgery.saving import load, save
 __all__ = ["trace", "prune", "rewrite", "ChannelGraph", "Group", "Member", "Handler", "handler_for",
            "register_handler", "register_module_rule", "register_function_rule",
            "register_method_rule", "RuleContext", "passthrough", "elementwise", "per_channel", "TraceError",
-           "ShapeError", "oracle", "Surgeon", "remove_filters", "remove_bn", "remove_kernels",
+           "ShapeError", "oracle", "Surgeon", "remove_filters", "remove_bn", "remove_kernels", "keep_classes",
            "sparsify", "make_permanent", "sparsity_report", "SparsityReport", "Plan", "apply",
            "PruneConfig", "Pruner", "Report", "report", "save", "load"]

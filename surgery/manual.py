@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from surgery.handlers import handler_for
 
-__all__ = ["remove_filters", "remove_bn", "remove_kernels"]
+__all__ = ["remove_filters", "remove_bn", "remove_kernels", "keep_classes"]
 
 Indices = Sequence[int] | torch.Tensor
 
@@ -69,3 +69,28 @@ def remove_bn(bn: nn.Module, indices: Indices) -> nn.Module:
         raise TypeError(f"remove_bn expects a normalisation layer, got {type(bn).__name__}")
     handler = handler_for(bn)
     return handler.prune(bn, None, _keep(handler._size(bn), indices, bn, "channels"))
+
+
+def keep_classes(model: nn.Module, classes: Sequence[int], layer: str | None = None) -> nn.Module:
+    """Replace the classifier (the last Linear, or ``layer``) in place by one whose outputs
+    are the rows for ``classes``, in that order (class-aware pruning, OCAP).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Sequential(nn.Linear(4, 10))
+        >>> keep_classes(m, [7, 2])[0].out_features
+        2
+    """
+    from surgery.rewrite import set_submodule
+    if layer is None:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("keep_classes: the model has no nn.Linear; pass layer=<name of the classifier>")
+        layer = linears[-1]
+    head = model.get_submodule(layer)
+    classes = [int(c) for c in classes]
+    n = head.out_features if isinstance(head, nn.Linear) else head.out_channels
+    if not classes or len(set(classes)) != len(classes) or min(classes) < 0 or max(classes) >= n:
+        raise ValueError(f"classes must be distinct indices in [0, {n}), got {classes}")
+    set_submodule(model, layer, handler_for(head).prune(head, None, classes))
+    return model
