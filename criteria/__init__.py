@@ -22,9 +22,10 @@ from criteria.activations import APoZ, Coverage, HRank, Taylor
 from criteria.gradients import Fisher, KTaylor, TaylorWeight
 from criteria.wanda import Wanda
 from criteria.ocap import OCAP
+from criteria.lrp import LRP
 
 __all__ = ["Criterion", "GroupView", "WeightCriterion", "layer_view", "lowest", "n_remove", "CRITERIA",
            "available", "get", "register", "L1Norm", "L2Norm", "BNScale", "bn_l1_penalty", "FPGM",
            "Random", "Normalized", "lamp", "normalize_scores", "KMeansCriterion", "cluster_filters",
            "kmeans_removal", "DataCriterion", "Taylor", "Coverage", "APoZ", "HRank", "TaylorWeight",
-           "Fisher", "KTaylor", "Wanda", "OCAP"]
+           "Fisher", "KTaylor", "Wanda", "OCAP", "LRP"]

@@ -225,7 +225,7 @@ def test_two_gloo_processes_match_one_process_on_all_data(tmp_path):
             assert torch.allclose(got[name], single[name], rtol=1e-6), (rank, name)
 
 
-DATA_NAMES = ["taylor", "taylor_weight", "ktaylor", "ocap", "coverage", "apoz", "wanda", "hrank", "fisher"]
+DATA_NAMES = ["taylor", "taylor_weight", "ktaylor", "ocap", "coverage", "apoz", "wanda", "hrank", "fisher", "lrp"]
 
 
 @pytest.mark.parametrize("name", DATA_NAMES)
@@ -240,7 +240,7 @@ def test_every_data_criterion_prunes_resnet18_and_scores_standalone(name):
         pruned = surgery.prune(model, x, ratio=0.5, criterion=crit, data=data)
     assert count_params(pruned) < count_params(model) and pruned(x).shape == (1, 5)
     layer = model.layer1[0].conv2 if name == "wanda" else model.layer1[0].bn1
-    if name == "fisher":
+    if name in ("fisher", "lrp"):
         layer = model.layer1[0].conv1
     s = criteria.get(name, k=2).calibrate(model, data[:1]).score(layer) if name == "ktaylor" else \
         criteria.get(name).calibrate(model, data[:1]).score(layer)
@@ -259,3 +259,19 @@ def test_keep_classes_keeps_rows_in_order():
     w = model.fc.weight.detach().clone()
     surgery.keep_classes(model, [3, 0])
     assert torch.equal(model.fc.weight, w[[3, 0]]) and model.fc.out_features == 2
+
+
+def test_lrp_conserves_relevance_layer_to_layer_without_bias():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.Conv2d(6, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4, bias=False)).double().eval()
+    data = batches(2)
+    lrp = criteria.LRP(normalize=False).calibrate(model, data)
+    with torch.no_grad():
+        x, y = one_batch(data)[0]
+        start = model(x).gather(1, y[:, None]).mean()
+    totals = [float(lrp.score(model[i]).double().sum()) for i in (0, 2, 6)]
+    assert totals == pytest.approx([float(start)] * 3, rel=1e-6)
+    normalized = criteria.LRP().calibrate(model, data).score(model[2])
+    assert float(normalized.abs().sum()) == pytest.approx(1.0)
