@@ -95,7 +95,7 @@ class HRank(DataCriterion):
     def observe(self, module, act, raw):
         if raw.dim() != 4:
             return {}
-        ranks = torch.linalg.matrix_rank(_act(raw, self.activation).double())
+        ranks = torch.linalg.matrix_rank(_act(raw, self.activation))  # float32 SVD: 2x faster than float64
         return {"rank": ranks.sum(0).double(), "n": torch.tensor(float(raw.shape[0]))}
 
     def channel_scores(self, module, stats):
