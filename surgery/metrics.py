@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from surgery.tracing import as_inputs
 
-__all__ = ["count_params", "count_flops"]
+__all__ = ["count_params", "count_flops", "flops_by_module"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -25,12 +25,18 @@ def count_params(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulate count from fvcore (fvcore calls one MAC a "flop")."""
+    return int(flops_by_module(model, example_inputs).get("", 0))
+
+
+def flops_by_module(model: nn.Module, example_inputs: Any) -> dict:
+    """fvcore FLOPs (multiply-accumulates) per module name ("" is the whole model), with
+    fvcore's warnings about unsupported ops silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore uses deprecated torch.jit APIs at import
         from fvcore.nn import FlopCountAnalysis
     args, kwargs = as_inputs(example_inputs)
     if kwargs:
-        raise ValueError("count_flops needs positional example inputs (a tensor or a tuple)")
+        raise ValueError("FLOP counting needs positional example inputs (a tensor or a tuple)")
     loggers = [logging.getLogger(n) for n in ("fvcore", "fvcore.nn.jit_analysis", "iopath")]
     levels = [lg.level for lg in loggers]
     was = model.training
@@ -42,7 +48,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
             warnings.simplefilter("ignore")
             analysis = FlopCountAnalysis(model, args)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            return int(analysis.total())
+            return dict(analysis.by_module())
     finally:
         model.train(was)
         for lg, level in zip(loggers, levels):

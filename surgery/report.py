@@ -1,18 +1,15 @@
 """What pruning did: per-layer channels, parameters and FLOPs before and after."""
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from surgery.metrics import count_params
-from surgery.tracing import as_inputs
+from surgery.metrics import count_params, flops_by_module
 
-__all__ = ["Report", "LayerRow", "report", "flops_by_module"]
+__all__ = ["Report", "LayerRow", "report"]
 
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm,
            nn.LayerNorm, nn.Embedding)
@@ -52,30 +49,6 @@ class Report:
 def _pair(p: tuple, pct: bool = False) -> str:
     text = f"{p[0]:,} -> {p[1]:,}"
     return text + (f" ({p[1] / p[0]:.0%})" if pct and p[0] else "")
-
-
-def flops_by_module(model: nn.Module, example_inputs: Any) -> dict:
-    """fvcore FLOPs (multiply-accumulates) per module name, with warnings silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fvcore.nn import FlopCountAnalysis
-    args, kwargs = as_inputs(example_inputs)
-    loggers = [logging.getLogger(n) for n in ("fvcore", "fvcore.nn.jit_analysis")]
-    levels = [lg.level for lg in loggers]
-    was = model.training
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        model.eval()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            analysis = FlopCountAnalysis(model, args)
-            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            return dict(analysis.by_module())
-    finally:
-        model.train(was)
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _size(m: nn.Module) -> int:
