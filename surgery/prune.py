@@ -42,8 +42,11 @@ def select_removal(graph: ChannelGraph, criterion: Any, ratio: float) -> np.ndar
             continue
         drop = criterion.select(group_view(graph, group), k)
         if getattr(criterion, "decides_count", False):  # the data decides; ratio caps it
+            if drop.numel() > k:
+                raise ValueError(f"{type(criterion).__name__}.select returned {drop.numel()} channels for "
+                                 f"group {group.index}; at most {k} (ratio {ratio}) may go")
             k = drop.numel()
-            if k > n_remove(group.size, ratio) or not k:
+            if k == 0:
                 continue
         if drop.numel() != k or len(set(drop.tolist())) != k:
             raise ValueError(f"{type(criterion).__name__}.select returned {drop.tolist()} for group "
