@@ -21,7 +21,7 @@ import torch.nn as nn
 import torchvision
 
 import surgery
-from surgery import oracle
+from surgery import testing as oracle
 from surgery.metrics import count_flops, count_params
 
 FIXED = {"vit": 224, "swin": 224, "maxvit": 224, "inception_v3": 96}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["GroupView", "Criterion", "WeightCriterion", "layer_view", "lowest", "n_remove"]
+__all__ = ["GroupView", "Criterion", "Wrapper", "WeightCriterion", "layer_view", "lowest", "n_remove"]
 
 
 class GroupView:
@@ -53,6 +53,11 @@ class GroupView:
             self._parts[kind] = list(self._loader(kind)) if self._loader else []
         return self._parts[kind]
 
+    def layers(self, kind: str) -> list:
+        """``(module, index)`` pairs of one member kind ("producer", "consumer", "per_channel"):
+        each layer behind the view and the map of its channel dim onto the group's channels."""
+        return list(zip(self.modules.get(kind, []), self.index.get(kind, [])))
+
     producers = property(lambda self: self._part("producers"))
     consumers = property(lambda self: self._part("consumers"))
     per_channel = property(lambda self: self._part("per_channel"))
@@ -71,12 +76,14 @@ class Criterion:
     """Base class. Subclasses implement :meth:`score_group`.
 
     Flags tell what the criterion needs: ``needs_data`` (calibration batches),
-    ``needs_labels`` and ``needs_gradients``.
+    ``needs_labels`` and ``needs_gradients``; ``decides_count`` means its ``select`` may
+    return fewer channels than asked (the data decides how many go; the count caps it).
     """
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
     needs_gradients: ClassVar[bool] = False
+    decides_count: ClassVar[bool] = False
 
     def calibrate(self, model: nn.Module, data, **options) -> "Criterion":
         """Collect statistics from data (data criteria); weight criteria need none."""
@@ -121,6 +128,34 @@ class Criterion:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith(("_", "needs_")))
         return f"{type(self).__name__}({opts})"
+
+
+class Wrapper(Criterion):
+    """Base of criteria built around another one (normalisation, k-means around a base).
+
+    Every flag, calibration and (unless overridden) selection passes through to ``base``,
+    so a wrapper can never drop what the wrapped criterion needs or decides.
+    """
+
+    def __init__(self, base: Criterion) -> None:
+        if not isinstance(base, Criterion):
+            raise TypeError(f"{type(self).__name__} wraps a criteria.Criterion, got {type(base).__name__}")
+        self.base = base
+
+    needs_data = property(lambda self: self.base.needs_data)
+    needs_labels = property(lambda self: self.base.needs_labels)
+    needs_gradients = property(lambda self: self.base.needs_gradients)
+    decides_count = property(lambda self: self.base.decides_count)
+
+    def calibrate(self, model: nn.Module, data, **options) -> "Criterion":
+        self.base.calibrate(model, data, **options)
+        return self
+
+    def score_group(self, view: GroupView) -> torch.Tensor:
+        return self.base.score_group(view)
+
+    def select(self, target, n: int) -> torch.Tensor:
+        return self.base.select(target, n)
 
 
 def layer_view(target: nn.Module | torch.Tensor) -> GroupView:

@@ -112,10 +112,10 @@ class DataCriterion(Criterion):
     def sites(self, view: GroupView) -> list:
         """(module, index) pairs whose statistics score the group."""
         if self.site == "input":
-            return list(zip(view.modules.get("consumer", []), view.index.get("consumer", [])))
-        norms = [(m, i) for m, i in zip(view.modules.get("per_channel", []), view.index.get("per_channel", []))
+            return view.layers("consumer")
+        norms = [(m, i) for m, i in view.layers("per_channel")
                  if isinstance(m, _NORMS)]
-        return norms or list(zip(view.modules.get("producer", []), view.index.get("producer", [])))
+        return norms or view.layers("producer")
 
     def stats_of(self, module: nn.Module) -> dict | None:
         if self._stats is None:

@@ -42,9 +42,9 @@ class TaylorWeight(DataCriterion):
         return {"t": s.detach() ** 2, "batches": torch.tensor(1.0)}
 
     def sites(self, view):
-        norms = [(m, i) for m, i in zip(view.modules.get("per_channel", []), view.index.get("per_channel", []))
+        norms = [(m, i) for m, i in view.layers("per_channel")
                  if isinstance(m, _NORMS)]
-        prods = list(zip(view.modules.get("producer", []), view.index.get("producer", [])))
+        prods = view.layers("producer")
         if self.form == "bn" or (self.form == "auto" and norms):
             if not norms:
                 raise ValueError("taylor_weight(form='bn'): this group has no BatchNorm")
@@ -71,7 +71,7 @@ class Fisher(DataCriterion):
         return {"f": 0.5 * out_rows(module, (w.grad * w) ** 2).sum(1).detach(), "batches": torch.tensor(1.0)}
 
     def sites(self, view):
-        return list(zip(view.modules.get("producer", []), view.index.get("producer", [])))
+        return view.layers("producer")
 
     def channel_scores(self, module, stats):
         return stats["f"] / stats["batches"]

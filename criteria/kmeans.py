@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from criteria.base import Criterion, GroupView, layer_view
+from criteria.base import GroupView, Wrapper, layer_view
 from criteria.registry import get, register
 
 __all__ = ["KMeansCriterion", "kmeans_removal", "cluster_filters"]
@@ -78,7 +78,7 @@ def cluster_filters(features: np.ndarray, k: int | None, pca: float | None = Non
 
 
 @register("kmeans")
-class KMeansCriterion(Criterion):
+class KMeansCriterion(Wrapper):
     """Cluster-aware removal on top of a base criterion (``base="l1"`` gives K-L1).
 
     Args:
@@ -98,17 +98,8 @@ class KMeansCriterion(Criterion):
 
     def __init__(self, k: int | dict | None = None, base: Any = "l1", pca: float | None = None,
                  seed: int = 0, max_k: int = 10) -> None:
+        super().__init__(get(base))
         self.k, self.pca, self.seed, self.max_k = k, pca, seed, max_k
-        self.base = get(base)
-        self.needs_data, self.needs_labels = self.base.needs_data, self.base.needs_labels
-        self.needs_gradients = self.base.needs_gradients
-
-    def score_group(self, view: GroupView) -> torch.Tensor:
-        return self.base.score_group(view)
-
-    def calibrate(self, model, data, **options):
-        self.base.calibrate(model, data, **options)
-        return self
 
     def select(self, target, n: int) -> torch.Tensor:
         view = target if isinstance(target, GroupView) else layer_view(target)

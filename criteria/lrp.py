@@ -107,7 +107,7 @@ class LRP(DataCriterion):
         return self
 
     def sites(self, view):
-        return list(zip(view.modules.get("producer", []), view.index.get("producer", [])))
+        return view.layers("producer")
 
     def channel_scores(self, module, stats):
         r = stats["R"] / stats["n"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from criteria.base import Criterion, GroupView
+from criteria.base import Criterion, GroupView, Wrapper
 
 __all__ = ["Normalized", "normalize_scores", "lamp"]
 
@@ -39,7 +39,7 @@ def normalize_scores(scores: torch.Tensor, method: str) -> torch.Tensor:
     raise ValueError(f"normalize must be one of {METHODS}, got {method!r}")
 
 
-class Normalized(Criterion):
+class Normalized(Wrapper):
     """Wraps any criterion and normalises its scores per group (``none``, ``mean``, ``max``,
     ``lamp``), so scores from different groups can be ranked together.
 
@@ -53,16 +53,8 @@ class Normalized(Criterion):
     def __init__(self, base: Criterion, method: str = "mean") -> None:
         if method not in METHODS:
             raise ValueError(f"normalize must be one of {METHODS}, got {method!r}")
-        self.base, self.method = base, method
-        self.needs_data, self.needs_labels = base.needs_data, base.needs_labels
-        self.needs_gradients = base.needs_gradients
+        super().__init__(base)
+        self.method = method
 
     def score_group(self, view: GroupView) -> torch.Tensor:
         return normalize_scores(self.base.score_group(view), self.method)
-
-    def select(self, target, n: int) -> torch.Tensor:
-        return self.base.select(target, n)
-
-    def calibrate(self, model, data, **options):
-        self.base.calibrate(model, data, **options)
-        return self

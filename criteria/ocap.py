@@ -41,6 +41,7 @@ class OCAP(DataCriterion):
         self.mode, self.keep_fraction, self.threshold = mode, keep_fraction, threshold
         self.slope, self.skip_first = slope, skip_first
         self._targets = None
+        self._skipped: set = set()  # ids of the first skip_first conv/linear layers
 
     def calibrate(self, model, data, **kw):
         self._skipped = {id(m) for m in [m for m in model.modules()
@@ -72,7 +73,7 @@ class OCAP(DataCriterion):
     def select(self, target, n):
         view = target if isinstance(target, GroupView) else None
         scores = self.score(target)
-        if view is not None and any(id(m) in getattr(self, "_skipped", ()) for m in view.modules.get("producer", [])):
+        if view is not None and any(id(m) in self._skipped for m in view.modules.get("producer", [])):
             return torch.zeros(0, dtype=torch.long)
         drop = torch.nonzero(~self.keep_mask(scores)).flatten()
         if n is not None and len(drop) > n:  # a cap: drop the least-used first

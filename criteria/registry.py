@@ -1,7 +1,11 @@
 """Criteria by name: ``criteria.get("l1")``, ``criteria.register("mine")``."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
+
+from criteria.base import Criterion
+from criteria.normalize import Normalized
 
 __all__ = ["CRITERIA", "register", "get", "available"]
 
@@ -11,6 +15,9 @@ CRITERIA: dict[str, type] = {}
 def register(name: str) -> Callable[[type], type]:
     """Class decorator: make a criterion available as ``criteria.get(name)``."""
     def deco(cls: type) -> type:
+        if name in CRITERIA and CRITERIA[name] is not cls:
+            warnings.warn(f"criteria.register({name!r}): replacing {CRITERIA[name].__name__} with "
+                          f"{cls.__name__}", stacklevel=2)
         cls.name = name
         CRITERIA[name] = cls
         return cls
@@ -36,13 +43,12 @@ def get(criterion: Any, **options: Any):
             raise ValueError(f"unknown criterion {criterion!r}; available: {', '.join(available())}. "
                              f"Register your own with @criteria.register(name).")
         obj = CRITERIA[criterion](**options)
-        if normalize is None:
-            return obj
-        from criteria.normalize import Normalized
-        return Normalized(obj, normalize)
-    if hasattr(criterion, "score") and not isinstance(criterion, type):
+    elif isinstance(criterion, Criterion):
         if options:
-            raise ValueError("options are only accepted with a criterion name, not an object")
-        return criterion
-    raise TypeError(f"criterion must be a name ({', '.join(available())}) or an object with "
-                    f"a score() method; got {criterion!r}")
+            raise ValueError("options are only accepted with a criterion name, not an object "
+                             f"(set them when building {type(criterion).__name__})")
+        obj = criterion
+    else:
+        raise TypeError(f"criterion must be a name ({', '.join(available())}) or a criteria.Criterion "
+                        f"(subclass it and implement score_group; select() comes with it); got {criterion!r}")
+    return obj if normalize is None else Normalized(obj, normalize)

@@ -18,7 +18,7 @@ class Wanda(DataCriterion):
     group's consumers (residual and concat groups have several).
 
     Standalone, ``score(layer)`` scores the layer's *input* channels (what WANDA measures);
-    remove them with ``surgery.remove_kernels``.
+    remove them with ``surgery.layers.remove_kernels``.
     """
     site = "input"
     hook_outputs = False

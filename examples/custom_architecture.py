@@ -59,12 +59,12 @@ class Net(nn.Module):
 
 
 # (a) rules: how channels flow through each new function / module type -------------
-surgery.register_function_rule(soft_gate)(surgery.passthrough)
+surgery.extend.register_function_rule(soft_gate)(surgery.extend.passthrough)
 
 
-@surgery.register_module_rule(ChannelAffine)
+@surgery.extend.register_module_rule(ChannelAffine)
 def channel_affine_rule(ctx, node):
-    return surgery.per_channel(ctx, node, dim=1)   # one parameter per channel of dim 1
+    return surgery.extend.per_channel(ctx, node, dim=1)   # one parameter per channel of dim 1
 
 
 def dynamic_block_rule(ctx, node):
@@ -76,12 +76,12 @@ def dynamic_block_rule(ctx, node):
 
 
 # ... and handlers: how to slice their parameters --------------------------------------
-@surgery.register_handler(ChannelAffine)
+@surgery.extend.register_handler(ChannelAffine)
 class ChannelAffineHandler(PerChannelHandler):
     size_attr, tensors = "channels", ("weight", "bias")
 
 
-class DynamicBlockHandler(surgery.Handler):
+class DynamicBlockHandler(surgery.extend.Handler):
     replaces = ()
 
     def prune(self, module, keep_in, keep_out):
@@ -112,17 +112,17 @@ def main() -> float:
         frozen = surgery.trace(model, x, leaf_modules=[DynamicBlock])
     print(f"as a bare leaf: {len(frozen.prunable_groups)} prunable groups; {str(caught[0].message)[:90]} ...")
     # ... with a rule and a handler registered, its channels prune too
-    surgery.register_module_rule(DynamicBlock)(dynamic_block_rule)
-    surgery.register_handler(DynamicBlock)(DynamicBlockHandler)
+    surgery.extend.register_module_rule(DynamicBlock)(dynamic_block_rule)
+    surgery.extend.register_handler(DynamicBlock)(DynamicBlockHandler)
     graph = surgery.trace(model, x, leaf_modules=[DynamicBlock])
-    graph.summary()
+    print(graph.summary())
 
-    model64 = surgery.oracle.randomize(Net().double().eval(), seed=0)
+    model64 = surgery.testing.randomize(Net().double().eval(), seed=0)
     x64 = x.double()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruned = surgery.prune(model64, x64, ratio=0.5, leaf_modules=[DynamicBlock])
-    err = surgery.oracle.max_error(model64, pruned, x64)
+    err = surgery.testing.max_error(model64, pruned, x64)
     print(f"stem {model64.stem.out_channels} -> {pruned.stem.out_channels} channels, "
           f"affine {pruned.affine.channels}, block conv {pruned.block.conv}; oracle error {err:.1e}")
     return err

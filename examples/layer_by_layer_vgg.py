@@ -21,9 +21,9 @@ import surgery
 def manual_flow(model: torch.nn.Module, ratio: float) -> torch.nn.Module:
     f = model.features
     drop = criteria.L1Norm().prune_indices(f[0], ratio)          # lowest-L1 filters of features[0]
-    f[0] = surgery.remove_filters(f[0], drop)
-    f[1] = surgery.remove_bn(f[1], drop)
-    f[3] = surgery.remove_kernels(f[3], drop)
+    f[0] = surgery.layers.remove_filters(f[0], drop)
+    f[1] = surgery.layers.remove_bn(f[1], drop)
+    f[3] = surgery.layers.remove_kernels(f[3], drop)
     return model
 
 

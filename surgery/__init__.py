@@ -1,31 +1,54 @@
 """torch-surgery: structured pruning that physically removes channels.
 
+Top level: the verbs and types users call. Submodules: ``surgery.extend`` (rules and
+handlers for new layers), ``surgery.testing`` (the exactness oracle), ``surgery.layers``
+(single-layer edits), ``surgery.sparsity`` (masks), ``surgery.metrics``.
+
 Example:
     >>> import torch, surgery
     >>> from models import create
     >>> model = create("vgg16_bn", num_classes=10)
     >>> small = surgery.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5)
 """
-from surgery.rules import (passthrough, elementwise, per_channel, register_function_rule,
-                           register_method_rule, register_module_rule, RuleContext)
-from surgery.handlers import Handler, handler_for, register_handler
+import importlib
+import warnings
+
 from surgery.groups import ChannelGraph, Group, Member
-from surgery.tracing import ShapeError, TraceError
-from surgery.trace import trace
-from surgery.rewrite import rewrite
-from surgery.prune import prune
-from surgery import oracle
+from surgery.tracing import ShapeError, TraceError, trace
+from surgery.pruner import PruneConfig, Pruner, prune
 from surgery.surgeon import Surgeon
-from surgery.manual import keep_classes, remove_bn, remove_filters, remove_kernels
-from surgery.sparsity import SparsityReport, make_permanent, sparsify, sparsity_report
-from surgery.plan import Plan, apply
-from surgery.pruner import PruneConfig, Pruner
+from surgery.plan import Plan
+from surgery.replay import apply_plan
+from surgery.layers import keep_classes
 from surgery.report import Report, report
 from surgery.saving import load, save
+from surgery import extend, layers, metrics, sparsity, testing  # noqa: F401  (submodule namespaces)
 
-__all__ = ["trace", "prune", "rewrite", "ChannelGraph", "Group", "Member", "Handler", "handler_for",
-           "register_handler", "register_module_rule", "register_function_rule",
-           "register_method_rule", "RuleContext", "passthrough", "elementwise", "per_channel", "TraceError",
-           "ShapeError", "oracle", "Surgeon", "remove_filters", "remove_bn", "remove_kernels", "keep_classes",
-           "sparsify", "make_permanent", "sparsity_report", "SparsityReport", "Plan", "apply",
-           "PruneConfig", "Pruner", "Report", "report", "save", "load"]
+__version__ = "0.1.0"
+
+__all__ = ["trace", "prune", "Pruner", "PruneConfig", "Surgeon", "Plan", "apply_plan", "save", "load",
+           "report", "Report", "keep_classes", "ChannelGraph", "Group", "Member", "TraceError", "ShapeError"]
+
+# old top-level names -> (module, attribute); kept for one release with a DeprecationWarning
+_DEPRECATED = {
+    "apply": ("surgery.replay", "apply_plan"), "oracle": ("surgery.testing", None),
+    "rewrite": ("surgery.rewrite", "rewrite"),
+    "remove_filters": ("surgery.layers", "remove_filters"), "remove_bn": ("surgery.layers", "remove_bn"),
+    "remove_kernels": ("surgery.layers", "remove_kernels"),
+    "sparsify": ("surgery.sparsity", "sparsify"), "make_permanent": ("surgery.sparsity", "make_permanent"),
+    "sparsity_report": ("surgery.sparsity", "sparsity_report"),
+    "SparsityReport": ("surgery.sparsity", "SparsityReport"),
+    **{n: ("surgery.extend", n) for n in ("Handler", "handler_for", "register_handler", "register_module_rule",
+                                           "register_function_rule", "register_method_rule", "RuleContext",
+                                           "passthrough", "elementwise", "per_channel")},
+}
+
+
+def __getattr__(name: str):
+    if name not in _DEPRECATED:
+        raise AttributeError(f"module 'surgery' has no attribute {name!r}")
+    module, attr = _DEPRECATED[name]
+    new = f"{module}.{attr}" if attr else module
+    warnings.warn(f"surgery.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+    mod = importlib.import_module(module)
+    return getattr(mod, attr) if attr else mod

@@ -79,10 +79,10 @@ def _what(ctx: RuleContext, node: fx.Node) -> str:
 
 def _how(node: fx.Node) -> str:
     if node.op == "call_module":
-        return "surgery.register_module_rule(<type>) and surgery.register_handler(<type>)"
+        return "surgery.extend.register_module_rule(<type>) and surgery.extend.register_handler(<type>)"
     if node.op == "call_method":
-        return f"surgery.register_method_rule('{node.target}')"
-    return "surgery.register_function_rule(<function>)"
+        return f"surgery.extend.register_method_rule('{node.target}')"
+    return "surgery.extend.register_function_rule(<function>)"
 
 
 def _get_attr(ctx: RuleContext, node: fx.Node) -> Any:

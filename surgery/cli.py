@@ -61,7 +61,7 @@ def main(argv: list | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if args.command == "inspect":
-            surgery.trace(model, x).summary()
+            print(surgery.trace(model, x).summary())
             return 0
         pruned = surgery.prune(model, x, ratio=args.ratio, criterion=args.criterion)
     rows = [("params", count_params(model), count_params(pruned)),

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch.fx as fx
 
-from surgery.rules.context import RuleContext
+from surgery.rules.context import Kind, Role, RuleContext
 
-__all__ = ["Member", "Group", "ChannelGraph", "build_groups"]
+__all__ = ["Kind", "Role", "Member", "Group", "ChannelGraph", "build_groups"]
 
 
 @dataclass
@@ -20,8 +21,8 @@ class Member:
     dimension (``-1`` when that position belongs to another group).
     """
     name: str
-    role: str
-    kind: str
+    role: Role
+    kind: Kind
     type_name: str
     unit_index: np.ndarray = field(repr=False)
 
@@ -51,16 +52,21 @@ class Group:
     def size(self) -> int:
         return len(self.units)
 
-    def by_kind(self, *kinds: str) -> list:
+    def by_kind(self, *kinds: Kind) -> list:
         return [m for m in self.members if m.kind in kinds]
 
     @property
     def producers(self) -> list:
-        return self.by_kind("producer")
+        return self.by_kind(Kind.PRODUCER)
 
     @property
     def consumers(self) -> list:
-        return self.by_kind("consumer")
+        return self.by_kind(Kind.CONSUMER)
+
+    @property
+    def anchor(self) -> Member:
+        """The member that names this group in plans: its first producer, else its first member."""
+        return (self.producers or self.members)[0]
 
     def __str__(self) -> str:
         state = "prunable" if self.prunable else f"frozen: {self.reason}"
@@ -92,9 +98,16 @@ class ChannelGraph:
     def prunable_groups(self) -> list:
         return [g for g in self.groups if g.prunable]
 
-    def group_of(self, name: str, role: str = "out") -> list:
-        """Groups touching layer ``name`` in ``role`` ("out", "in" or "dim<d>")."""
+    def groups_of(self, name: str, role: str = "out") -> list:
+        """Groups touching layer ``name`` in ``role`` ("out", "in" or "dim<d>"): a layer's
+        dimension can hold channels of several groups (a concat's consumer, say)."""
         return [g for g in self.groups if any(m.name == name and m.role == role for m in g.members)]
+
+    def group_of(self, name: str, role: str = "out") -> list:
+        """Deprecated alias of :meth:`groups_of` (it returns a list)."""
+        warnings.warn("ChannelGraph.group_of is deprecated; use groups_of (it returns a list)",
+                      DeprecationWarning, stacklevel=2)
+        return self.groups_of(name, role)
 
     def table(self) -> str:
         head = f"{'group':>5} {'size':>6}  {'state':<40} producers"
@@ -107,9 +120,13 @@ class ChannelGraph:
         rows.append(f"{len(self.groups)} groups, {n} prunable")
         return "\n".join(rows)
 
-    def summary(self) -> None:
-        """Print one row per group: size, prunable or frozen (with reason), producers."""
-        print(self.table())
+    def summary(self) -> str:
+        """One row per group: size, prunable or frozen (with reason), producers. Returns the
+        text (``print(graph.summary())``), like every ``summary()`` in the library."""
+        return self.table()
+
+    def __str__(self) -> str:
+        return self.table()
 
 
 def build_groups(ctx: RuleContext) -> tuple[list, np.ndarray]:

@@ -15,12 +15,13 @@ Example:
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Handler", "register_handler", "handler_for", "HANDLERS", "replace_param"]
+__all__ = ["Handler", "PerChannelHandler", "register_handler", "handler_for", "HANDLERS", "replace_param"]
 
 Index = Sequence[int] | torch.Tensor | None
 
@@ -47,6 +48,10 @@ def register_handler(*types: type) -> Callable:
     """Class decorator registering a handler instance for module types."""
     def deco(cls):
         for t in types:
+            old = HANDLERS.get(t)
+            if old is not None and type(old) is not cls:
+                warnings.warn(f"replacing the handler for {t.__name__} ({type(old).__name__} -> {cls.__name__})",
+                              stacklevel=2)
             HANDLERS[t] = cls()
         return cls
     return deco
@@ -58,7 +63,7 @@ def handler_for(module: nn.Module) -> Handler:
             return HANDLERS[cls]
     raise TypeError(
         f"no rewrite handler for {type(module).__name__}. Register one with "
-        f"@surgery.register_handler({type(module).__name__}) on a Handler subclass that "
+        f"@surgery.extend.register_handler({type(module).__name__}) on a Handler subclass that "
         f"implements prune(module, keep_in, keep_out) and slices(module, role).")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from surgery.tracing import as_inputs
+from surgery.inputs import as_inputs, evaluating
 
 __all__ = ["count_params", "count_flops", "flops_by_module"]
 
@@ -39,17 +39,14 @@ def flops_by_module(model: nn.Module, example_inputs: Any) -> dict:
         raise ValueError("FLOP counting needs positional example inputs (a tensor or a tuple)")
     loggers = [logging.getLogger(n) for n in ("fvcore", "fvcore.nn.jit_analysis", "iopath")]
     levels = [lg.level for lg in loggers]
-    was = model.training
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        model.eval()
-        with warnings.catch_warnings(), torch.no_grad():
+        with evaluating(model), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             analysis = FlopCountAnalysis(model, args)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             return dict(analysis.by_module())
     finally:
-        model.train(was)
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

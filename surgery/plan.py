@@ -16,15 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from surgery.groups import ChannelGraph
+from surgery.selection import units_for_positions
 
-__all__ = ["Plan", "PlanEntry", "plan_from_units", "units_from_plan", "apply", "input_spec", "spec_inputs"]
+__all__ = ["Plan", "PlanEntry", "plan_from_units", "units_from_plan", "fingerprint", "check_architecture"]
 
 FORMAT, VERSION = "torch-surgery-plan", 1
 
@@ -39,12 +38,12 @@ class PlanEntry:
 
 @dataclass
 class Plan:
-    """What a pruning step removes. ``summary()`` (on a plan made by the engine) prints a table."""
+    """What a pruning step removes: per group, an anchor layer dimension and its lost indices.
+    ``summary()`` returns a table; ``surgery.apply_plan`` replays it on a fresh model."""
     entries: list = field(default_factory=list)
     inputs: list = field(default_factory=list)
     model: str = ""
     architecture: dict = field(default_factory=dict)
-    _context: Any = field(default=None, repr=False, compare=False)  # (model, graph) for summaries
 
     @property
     def removed_channels(self) -> int:
@@ -76,33 +75,15 @@ class Plan:
         return cls.from_dict(json.loads(text))
 
     def summary(self) -> str:
-        """Per-layer channels, parameters and FLOPs before/after (a dry run; nothing changes)."""
-        if self._context is None:
-            raise ValueError("this plan was loaded from JSON; apply it to a model and use surgery.report")
-        from surgery.report import report
-        from surgery.rewrite import rewrite
-        model, graph, inputs = self._context
-        pruned = rewrite(model, graph, units_from_plan(graph, self))
-        return report(model, pruned, inputs).table()
-
-
-def input_spec(example_inputs: Any) -> list:
-    from surgery.tracing import as_inputs
-    args, kwargs = as_inputs(example_inputs)
-    if kwargs:
-        return [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
-                for k, v in kwargs.items()]
-    return [{"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")} for a in args]
-
-
-def spec_inputs(spec: list, device: torch.device | None = None) -> Any:
-    """Example inputs (zeros, or zeros of an integer dtype) rebuilt from a plan's ``inputs``."""
-    if not spec:
-        raise ValueError("the plan records no example inputs; pass example_inputs=... to apply it")
-    tensors = [torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"]), device=device) for s in spec]
-    if "name" in spec[0]:
-        return {s["name"]: t for s, t in zip(spec, tensors)}
-    return tuple(tensors)
+        """One row per pruned group: anchor layer, dimension, channels before, removed, kept."""
+        head = f"{'layer':<40} {'dim':>4} {'before':>7} {'removed':>8} {'kept':>6}"
+        rows = [head, "-" * len(head)]
+        for e in self.entries:
+            name = e.layer if len(e.layer) <= 40 else "..." + e.layer[-37:]
+            rows.append(f"{name:<40} {e.dim:>4} {e.size:>7} {len(e.indices):>8} {e.size - len(e.indices):>6}")
+        rows.append(f"{len(self.entries)} groups pruned, {self.removed_channels} channels removed "
+                    f"(coupled layers lose the same channels)")
+        return "\n".join(rows)
 
 
 def fingerprint(model: nn.Module) -> dict:
@@ -126,11 +107,6 @@ def check_architecture(plan: Plan, model: nn.Module) -> None:
             f"made for (after the same earlier plans, if any).")
 
 
-def _anchor(group):
-    members = group.producers or group.members
-    return members[0]
-
-
 def plan_from_units(graph: ChannelGraph, removed: np.ndarray, model: nn.Module | None = None) -> Plan:
     """Describe removed units as one entry per touched group."""
     removed_set = set(np.asarray(removed).tolist())
@@ -139,7 +115,7 @@ def plan_from_units(graph: ChannelGraph, removed: np.ndarray, model: nn.Module |
         hit = [i for i, u in enumerate(g.units.tolist()) if u in removed_set]
         if not hit:
             continue
-        m = _anchor(g)
+        m = g.anchor
         positions = np.nonzero(np.isin(m.unit_index, hit))[0].tolist()
         entries.append(PlanEntry(m.name, m.role, len(m.unit_index), positions))
     arch = fingerprint(model) if model is not None else {}
@@ -178,46 +154,9 @@ def _units_of(group, member, entry: PlanEntry) -> np.ndarray:
     idx = np.asarray(entry.indices, dtype=np.int64)
     if len(idx) and (idx.min() < 0 or idx.max() >= entry.size):
         raise ValueError(f"plan indices for '{entry.layer}' must be in [0, {entry.size})")
-    hit = np.unique(member.unit_index[idx])
-    if (hit < 0).any():
-        raise ValueError(f"plan indices for '{entry.layer}' span several groups; list each group's layer")
-    covered = np.nonzero(np.isin(member.unit_index, hit))[0]
-    if len(covered) != len(idx):
-        raise ValueError(f"plan indices for '{entry.layer}' split coupled channels "
-                         f"(they must include all of {covered.tolist()[:16]} ...)")
-    return hit
+    return units_for_positions(group, member, idx, f"plan entry for '{entry.layer}'")
 
 
 def _mismatch(plan: Plan, what: str) -> str:
     made = f" (made for {plan.model})" if plan.model else ""
     return f"this plan does not fit the model{made}: the model {what}. Apply it to the architecture it was made for."
-
-
-def apply(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any = None, inplace: bool = False) -> nn.Module:
-    """Replay ``plan`` on ``model`` (a fresh instance of the same architecture).
-
-    Example:
-        >>> import torch, surgery
-        >>> from models import create
-        >>> x = torch.randn(1, 3, 32, 32)
-        >>> pruned = surgery.prune(create("resnet20"), x, ratio=0.5)
-        >>> plan = surgery.Plan.from_json(pruned.surgery_history[-1])
-        >>> again = surgery.apply(create("resnet20"), plan)
-        >>> again.conv1.out_channels
-        8
-    """
-    from surgery.rewrite import rewrite
-    from surgery.trace import trace
-    if isinstance(plan, str):
-        plan = Plan.from_json(plan)
-    elif isinstance(plan, dict):
-        plan = Plan.from_dict(plan)
-    check_architecture(plan, model)
-    inputs = example_inputs if example_inputs is not None else spec_inputs(plan.inputs, _device(model))
-    graph = trace(model, inputs)
-    return rewrite(model, graph, units_from_plan(graph, plan), inplace=inplace)
-
-
-def _device(model: nn.Module):
-    p = next(model.parameters(), None)
-    return p.device if p is not None else None

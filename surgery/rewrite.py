@@ -1,6 +1,7 @@
 """Apply a removal (a set of channel units) to a model: rebuild layers, patch literals."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections import defaultdict
@@ -10,8 +11,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from surgery.groups import ChannelGraph
+from surgery.groups import ChannelGraph, Kind
 from surgery.handlers import PerChannelHandler, handler_for, replace_param
+from surgery.inputs import evaluating, flat_tensors, as_inputs
+from surgery.transaction import transaction
 
 __all__ = ["rewrite", "set_submodule", "keep_indices"]
 
@@ -40,17 +43,22 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
 
     The original class is kept unless a literal in traced code (a reshape to a stored
     size, a split size) had to change: then the patched ``torch.fx.GraphModule`` is
-    returned, with a warning that says so.
+    returned, with a warning that says so. With ``inplace=True`` the model is edited
+    in place, all or nothing: on any error it is restored as it was.
     """
-    from surgery.plan import plan_from_units
-    plan = plan_from_units(graph, removed, model)  # fingerprint before any change
-    history = list(getattr(model, HISTORY, []))
     keeps = keep_indices(graph, removed)
     kinds = {(s.name, s.role): s.kind for s in graph.slots}
-    target = model if inplace else copy.deepcopy(model, _replaced_memo(model, keeps, kinds))
+    with transaction(model) if inplace else contextlib.nullcontext():
+        target = model if inplace else copy.deepcopy(model, _replaced_memo(model, keeps, kinds))
+        target = _rebuild(target, keeps, kinds)
+        changed = _patched_graph(graph, removed)
+        return target if changed is None else _graph_module(model, target, changed, graph)
+
+
+def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
     by_layer: dict = defaultdict(dict)
     for (name, role), keep in keeps.items():
-        by_layer[(name, kinds[(name, role)] == "param")][role] = keep
+        by_layer[(name, kinds[(name, role)] == Kind.PARAM)][role] = keep
     owned: dict = defaultdict(dict)
     for (name, is_param), roles in by_layer.items():
         if is_param:
@@ -62,16 +70,7 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
             set_submodule(target, name, new)
     for owner, attrs in owned.items():
         _slice_owned(target, owner, attrs)
-    changed = _patched_graph(graph, removed)
-    result = target if changed is None else _graph_module(model, target, changed, graph)
-    if plan.entries:
-        history.append(plan.to_json(indent=None))
-    object.__setattr__(result, HISTORY, history)
-    object.__setattr__(result, "_surgery_model_name", plan.model)
-    return result
-
-
-HISTORY = "surgery_history"
+    return target
 
 
 def _graph_module(model: nn.Module, target: nn.Module, changed, graph: ChannelGraph) -> nn.Module:
@@ -97,7 +96,7 @@ def _replaced_memo(model: nn.Module, keeps: dict, kinds: dict) -> dict:
                 refs[id(t)] += 1
     memo = {}
     for name, role in keeps:
-        if kinds[(name, role)] == "param":
+        if kinds[(name, role)] == Kind.PARAM:
             continue
         module = model.get_submodule(name)
         for attr in handler_for(module).replaces:
@@ -124,31 +123,21 @@ def _slice_owned(root: nn.Module, owner_name: str, attrs: dict) -> None:
     for attr, roles in attrs.items():
         t = getattr(owner, attr)
         for role, keep in roles.items():
-            t = t.index_select(int(role[3:]), torch.as_tensor(keep, device=t.device))
+            t = t.index_select(role.dim, torch.as_tensor(keep, device=t.device))
         replace_param(owner, attr, t)
 
 
 def _same_outputs(a: nn.Module, b: nn.Module, example_inputs) -> bool:
     if example_inputs is None:
         return False
-    from surgery.oracle import _flat
-    from surgery.tracing import as_inputs
     args, kwargs = as_inputs(example_inputs)
-    modes = {m: m.training for m in a.modules()}
     try:
-        a.eval(), b.eval()
-        with torch.no_grad():
-            out_a, out_b = _flat(a(*args, **kwargs)), _flat(b(*args, **kwargs))
+        with evaluating(a, b), torch.no_grad():
+            out_a, out_b = flat_tensors(a(*args, **kwargs)), flat_tensors(b(*args, **kwargs))
         return len(out_a) == len(out_b) and all(
             x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(out_a, out_b))
     except Exception:  # the original forward uses an old size: keep the patched graph
         return False
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-        for m in b.modules():
-            if m in modes:
-                m.training = modes[m]
 
 
 def _patched_graph(graph: ChannelGraph, removed: np.ndarray):

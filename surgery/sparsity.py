@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
+from surgery.budget import check_ratio
+
 __all__ = ["sparsify", "make_permanent", "sparsity_report", "SparsityReport"]
 
 _CONV = nn.modules.conv._ConvNd
@@ -102,7 +104,6 @@ def sparsify(model: nn.Module, ratio: float, granularity: str = "weight",
         >>> round(sparsify(m, 0.5, "kernel").overall, 2)
         0.5
     """
-    from surgery.prune import check_ratio
     ratio = check_ratio(ratio)
     chosen = _layers(model, granularity, layers)
     for n, mask in _masks(chosen, ratio, granularity).items():

@@ -10,10 +10,15 @@ import torch.nn as nn
 
 import criteria as _criteria
 from surgery.groups import ChannelGraph, Group
-from surgery.prune import verify_outputs
+from surgery.history import record
+from surgery.inputs import layer_name
+from surgery.plan import plan_from_units
+from surgery.pruner import calibrate
 from surgery.rewrite import rewrite
-from surgery.scoring import group_view
-from surgery.trace import trace
+from surgery.selection import select_units, units_for_positions
+from surgery.tracing import trace
+from surgery.transaction import transaction
+from surgery.verify import check_output_shapes
 
 __all__ = ["Surgeon"]
 
@@ -23,6 +28,7 @@ class Surgeon:
 
     Removing a layer's output channels also removes them from everything coupled to
     them (following BatchNorm, the next layers' input kernels, residual partners).
+    Every edit is all or nothing: on any error the model is exactly as it was.
 
     Example:
         >>> import torch, surgery
@@ -43,53 +49,37 @@ class Surgeon:
             warnings.simplefilter("ignore")
             return trace(self.model, self.example_inputs, leaf_modules=self.leaf_modules)
 
-    def _name(self, layer: nn.Module | str) -> str:
-        names = {id(m): n for n, m in self.model.named_modules()}
-        if isinstance(layer, str):
-            if layer not in names.values():
-                raise ValueError(f"the model has no submodule named {layer!r}")
-            return layer
-        if id(layer) not in names:
-            raise ValueError(f"{type(layer).__name__} is not a submodule of the model being edited "
-                             f"(after an edit, fetch layers again from surgeon.model)")
-        return names[id(layer)]
-
-    def _member(self, name: str):
-        for g in self.graph.groups:
-            for m in g.members:
-                if m.name == name and m.role == "out":
-                    yield g, m
+    def _members(self, name: str) -> list:
+        return [(g, m) for g in self.graph.groups for m in g.members if m.name == name and m.role == "out"]
 
     def group_of(self, layer: nn.Module | str) -> Group:
-        """The group that removing this layer's output channels would touch."""
-        name = self._name(layer)
-        found = list(self._member(name))
+        """The group that removing this layer's output channels would touch (several
+        groups, e.g. a layer whose outputs are split, are shown merged)."""
+        name = layer_name(self.model, layer)
+        found = self._members(name)
         if not found:
             raise ValueError(f"'{name}' has no output channels the engine tracks "
                              f"({type(self.graph.gm.get_submodule(name)).__name__})")
-        if len(found) > 1:
-            return _merged(found)
-        return found[0][0]
+        return found[0][0] if len(found) == 1 else _merged(found)
 
-    def remove_channels(self, layer: nn.Module | str, indices: Sequence[int]) -> None:
+    def remove_channels(self, layer: nn.Module | str, indices: Sequence[int] | torch.Tensor) -> None:
         """Remove output channels ``indices`` of ``layer`` and everything coupled to them."""
-        name = self._name(layer)
-        idx = sorted({int(i) for i in indices})
-        units = self._units(name, idx)
-        self._apply(units)
+        name = layer_name(self.model, layer)
+        self._apply(self._units(name, _positions(indices)))
 
-    def prune_layer(self, layer: nn.Module | str, ratio: float, criterion: Any = "l1") -> None:
-        """Remove ``floor(ratio * size)`` channels of the layer's group, chosen by ``criterion``."""
-        name = self._name(layer)
+    def prune_layer(self, layer: nn.Module | str, ratio: float, criterion: Any = "l1", *,
+                    data: Any = None, **calibration: Any) -> None:
+        """Remove ``floor(ratio * size)`` channels of the layer's group, chosen by ``criterion``
+        (data criteria calibrate on ``data`` first, with ``max_batches``/``forward_fn``/``loss_fn``)."""
+        name = layer_name(self.model, layer)
         crit = _criteria.get(criterion)
+        self.group_of(name)  # explains a layer without tracked outputs
+        calibrate(crit, self.model, data, **calibration)
         removed = []
-        for group, _ in self._member(name):
+        for group, _ in self._members(name):
             self._check_prunable(name, group)
-            k = _criteria.n_remove(group.size, ratio)
-            if k:
-                removed.append(group.units[crit.select(group_view(self.graph, group), k).numpy()])
-        if not removed and not list(self._member(name)):
-            self.group_of(name)  # raises the explanation
+            removed.append(select_units(self.graph, group, crit, _criteria.n_remove(group.size, ratio)))
+        removed = [r for r in removed if len(r)]
         if removed:
             self._apply(np.concatenate(removed))
 
@@ -97,47 +87,40 @@ class Surgeon:
         if not group.prunable:
             raise ValueError(f"the output channels of '{name}' cannot be removed: {group.reason}")
 
-    def _units(self, name: str, idx: list) -> np.ndarray:
-        found = list(self._member(name))
+    def _units(self, name: str, idx: np.ndarray) -> np.ndarray:
+        found = self._members(name)
         if not found:
             self.group_of(name)
         size = len(found[0][1].unit_index)
-        if not idx or idx[0] < 0 or idx[-1] >= size:
-            raise ValueError(f"'{name}' has {size} output channels; got indices {idx}")
-        units, wanted = [], set(idx)
+        if not len(idx) or idx[0] < 0 or idx[-1] >= size:
+            raise ValueError(f"'{name}' has {size} output channels; got indices {idx.tolist()}")
+        units = []
         for group, member in found:
-            hit = np.unique(member.unit_index[idx])
-            hit = hit[hit >= 0]
-            if not len(hit):
-                continue
-            self._check_prunable(name, group)
-            covered = set(np.nonzero(np.isin(member.unit_index, hit))[0].tolist())
-            if not covered <= wanted:
-                raise ValueError(f"channels {sorted(covered)} of '{name}' must be removed together "
-                                 f"(coupled by {_coupling(group)}); pass all of them")
-            if len(hit) >= group.size:
-                raise ValueError(f"cannot remove every channel of '{name}'s group; keep at least one")
-            units.append(group.units[hit])
+            mine = idx[member.unit_index[idx] >= 0]
+            if len(mine):
+                self._check_prunable(name, group)
+                units.append(group.units[units_for_positions(group, member, mine, f"'{name}'")])
         return np.concatenate(units)
 
     def _apply(self, units: np.ndarray) -> None:
         """Rewrite in place; on any error the model is restored exactly as it was."""
-        saved = [(m, dict(m._parameters), dict(m._buffers), dict(m._modules), dict(vars(m)))
-                 for m in self.model.modules()]
-        try:
+        plan = plan_from_units(self.graph, units, self.model)
+        with transaction(self.model):
             new = rewrite(self.model, self.graph, units, inplace=True)
-            verify_outputs(self.graph, new, self.example_inputs)
-        except Exception:
-            for m, params, buffers, modules, attrs in saved:
-                m.__dict__.update(attrs)
-                m._parameters, m._buffers, m._modules = params, buffers, modules
-            raise
-        self.model = new
+            check_output_shapes(self.graph, new, self.example_inputs)
+        self.model = record(new, self.model, plan)
         self.graph = self._trace()
 
 
-def _coupling(group: Group) -> str:
-    return ", ".join(sorted({m.name for m in group.members}))[:200]
+def _positions(indices: Sequence[int] | torch.Tensor) -> np.ndarray:
+    """Sorted distinct channel indices; a boolean mask is refused (it is not a list of indices)."""
+    if not isinstance(indices, torch.Tensor) and len(indices) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t = torch.as_tensor(indices)
+    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dim() != 1:
+        raise TypeError(f"indices must be a 1-D sequence of integer channel indices, got dtype {t.dtype} "
+                        f"and shape {tuple(t.shape)} (for a boolean mask, pass mask.nonzero().flatten())")
+    return np.unique(t.numpy().astype(np.int64))
 
 
 def _merged(found: list) -> Group:

@@ -1,4 +1,4 @@
-"""torch.fx tracing with leaf control, and shape propagation on real inputs.
+"""``surgery.trace``: model + example inputs -> ChannelGraph (fx tracing, shapes, analysis, groups).
 
 ``symbolic_trace`` turns a model into a GraphModule, treating every module that has a
 channel rule (Conv, BatchNorm, Linear, ... and user-registered types) as a leaf, and
@@ -10,16 +10,63 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from typing import Any, Iterable
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from surgery.rules.context import VALUE_KEY, TensorMeta
+from surgery.analysis import analyse
+from surgery.groups import ChannelGraph, build_groups
+from surgery.inputs import as_inputs, evaluating, input_spec, layer_names
+from surgery.rules.context import VALUE_KEY, RuleContext, TensorMeta
 from surgery.rules.registry import module_rule_for
 
-__all__ = ["TraceError", "ShapeError", "symbolic_trace", "propagate", "as_inputs"]
+__all__ = ["trace", "TraceError", "ShapeError", "symbolic_trace", "propagate"]
+
+
+def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
+          ignored_layers: Iterable = ()) -> ChannelGraph:
+    """Trace ``model`` and compute its channel groups.
+
+    Args:
+        model: any ``nn.Module`` torch.fx can trace (see ``leaf_modules`` otherwise).
+        example_inputs: a tensor, a tuple of inputs or a dict of keyword inputs.
+        leaf_modules: module types, names or instances to treat as black boxes.
+        ignored_layers: modules (or names) whose output channels must stay whole; a
+            container (``model.layer1``) means every layer inside it.
+
+    Example:
+        >>> import torch, torchvision, surgery
+        >>> g = surgery.trace(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+        >>> len(g.prunable_groups)
+        12
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    ignored = layer_names(model, ignored_layers, "ignored_layers")
+    gm = symbolic_trace(model, leaf_modules)
+    propagate(gm, example_inputs)
+    ctx = analyse(gm)
+    _freeze_ignored(ctx, ignored)
+    groups, roots = build_groups(ctx)
+    for g in groups:
+        for m in g.members:
+            m.type_name = "Parameter" if m.kind == "param" else type(gm.get_submodule(m.name)).__name__
+    graph = ChannelGraph(gm, ctx, groups, roots)
+    graph.input_spec = input_spec(example_inputs)
+    graph.example_inputs = example_inputs
+    for w in ctx.warnings:
+        warnings.warn(w, stacklevel=2)
+    return graph
+
+
+def _freeze_ignored(ctx: RuleContext, names: list) -> None:
+    for (name, role), slot in ctx.slots.items():
+        inside = any(n == "" or name == n or name.startswith(n + ".") for n in names)
+        if role != "in" and inside:
+            ctx.vars.freeze(slot.vars, f"'{name}' is in ignored_layers")
 
 
 class TraceError(ValueError):
@@ -91,7 +138,7 @@ def _explain(model: nn.Module, tracer: _Tracer, err: Exception) -> str:
         f"torch.fx cannot trace {module_txt}{where_txt}: {type(err).__name__}: {err}\n"
         f"Fix: pass leaf_modules=[{kind}] (or the name '{path or kind}') so this module is "
         f"treated as a black box (its channels are then frozen unless you register a rule "
-        f"with surgery.register_module_rule({kind})), or remove the data-dependent control "
+        f"with surgery.extend.register_module_rule({kind})), or remove the data-dependent control "
         f"flow from its forward."
     )
 
@@ -104,18 +151,6 @@ def _user_frame(err: Exception) -> str:
         return ""
     f = frames[-1]
     return f"{f.filename}:{f.lineno} `{(f.line or '').strip()}`"
-
-
-def as_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """Normalise example inputs: a tensor, a tuple/list of positional inputs, or a dict."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    raise TypeError("example_inputs must be a tensor, a tuple/list of inputs or a dict of "
-                    f"keyword inputs; got {type(example_inputs).__name__}")
 
 
 def _summary(value: Any) -> Any:
@@ -168,16 +203,15 @@ def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
     args, kwargs = as_inputs(example_inputs)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if kwargs:
+        unknown = sorted(set(kwargs) - {p.target for p in placeholders})
+        if unknown:
+            raise ValueError(f"example_inputs has keys {unknown} that the model's forward does not take; "
+                             f"its inputs are {[p.target for p in placeholders]}")
         args = tuple(kwargs.get(p.target, p.args[0] if p.args else None) for p in placeholders)
     elif len(args) < len(placeholders):
         args = args + tuple(p.args[0] if p.args else None for p in placeholders[len(args):])
-    modes = {m: m.training for m in gm.modules()}
-    gm.eval()
     try:
-        with torch.no_grad():
+        with evaluating(gm), torch.no_grad():
             _Recorder(gm).run(*args)
     except _NodeFailure as err:
         raise ShapeError(err.message) from err.__cause__
-    finally:
-        for m, mode in modes.items():
-            m.training = mode

@@ -3,7 +3,7 @@ import warnings
 import pytest
 import torch
 
-from surgery import oracle
+from surgery import testing as oracle
 from surgery.metrics import count_params
 
 torch.set_num_threads(2)

@@ -10,7 +10,7 @@ import torchvision
 
 import surgery
 from conftest import prepared
-from surgery import oracle
+from surgery import testing as oracle
 from surgery.metrics import count_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))

@@ -27,7 +27,7 @@ class Small(nn.Module):
         self.conv1, self.bn1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
         self.conv2, self.bn2 = nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.fc = nn.Linear(8, 4)
-        surgery.oracle.randomize(self.double(), seed=3)
+        surgery.testing.randomize(self.double(), seed=3)
         if dead is not None:  # channel `dead` of bn1 outputs exactly zero
             with torch.no_grad():
                 self.bn1.weight[dead] = 0.0

@@ -10,7 +10,7 @@ import torchvision
 
 import surgery
 from conftest import prepared
-from surgery import oracle
+from surgery import testing as oracle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 GEN = torch.Generator().manual_seed(0)
@@ -81,7 +81,7 @@ def test_coupled_channels_must_be_removed_together():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
     s = surgery.Surgeon(model, torch.randn(1, 3, 6, 6))
-    with pytest.raises(ValueError, match=r"channels \[0, 4\] of '0' must be removed together"):
+    with pytest.raises(ValueError, match=r"'0': channels \[0, 4\] must be removed together"):
         s.remove_channels(model[0], [0])
     s.remove_channels(model[0], [0, 4])
     assert model[0].out_channels == 6 and model[2].in_channels == 6 and model[2].groups == 2
@@ -95,7 +95,7 @@ def test_failed_rewrite_restores_the_model(monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr("surgery.surgeon.verify_outputs", boom)
+    monkeypatch.setattr("surgery.surgeon.check_output_shapes", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         s.prune_layer(model.layer1[0].conv1, 0.5)
     assert model.layer1[0].conv1.out_channels == 64
@@ -104,41 +104,42 @@ def test_failed_rewrite_restores_the_model(monkeypatch):
 
 def test_remove_filters_bn_kernels_on_plain_layers():
     conv, bn, lin = nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6), nn.Linear(6, 3)
-    c2 = surgery.remove_filters(conv, [1, 4])
+    c2 = surgery.layers.remove_filters(conv, [1, 4])
     assert c2.out_channels == 4 and torch.equal(c2.weight, conv.weight[[0, 2, 3, 5]])
     assert torch.equal(c2.bias, conv.bias[[0, 2, 3, 5]])
-    b2 = surgery.remove_bn(bn, torch.tensor([1, 4]))
+    b2 = surgery.layers.remove_bn(bn, torch.tensor([1, 4]))
     assert b2.num_features == 4 and b2.running_var.shape == (4,)
-    l2 = surgery.remove_kernels(lin, [0])
+    l2 = surgery.layers.remove_kernels(lin, [0])
     assert l2.in_features == 5 and torch.equal(l2.weight, lin.weight[:, 1:])
-    k2 = surgery.remove_kernels(conv, [3])
+    k2 = surgery.layers.remove_kernels(conv, [3])
     assert k2.in_channels == 3 and torch.equal(k2.weight, conv.weight[:, :3])
     assert conv.out_channels == 6 and conv.weight.shape == (6, 4, 3, 3)  # originals untouched
 
 
 def test_depthwise_and_grouped_convs():
     dw = nn.Conv2d(6, 12, 3, groups=6)                    # channel multiplier 2
-    d2 = surgery.remove_filters(dw, [2, 3])               # both filters of group 1
+    d2 = surgery.layers.remove_filters(dw, [2, 3])               # both filters of group 1
     assert (d2.in_channels, d2.out_channels, d2.groups) == (5, 10, 5)
-    d3 = surgery.remove_kernels(dw, [0])                   # input 0 -> its group
+    d3 = surgery.layers.remove_kernels(dw, [0])                   # input 0 -> its group
     assert (d3.in_channels, d3.out_channels, d3.groups) == (5, 10, 5)
     g = nn.Conv2d(8, 6, 3, groups=2)                       # 4 inputs, 3 outputs per group
-    g2 = surgery.remove_kernels(g, [1, 5])                 # the same position in both groups
+    g2 = surgery.layers.remove_kernels(g, [1, 5])                 # the same position in both groups
     assert (g2.in_channels, g2.groups) == (6, 2)
     assert torch.equal(g2.weight, g.weight[:, [0, 2, 3]])
     with pytest.raises(ValueError, match="balanced"):
-        surgery.remove_kernels(g, [1])
+        surgery.layers.remove_kernels(g, [1])
     with pytest.raises(ValueError, match="keep at least one"):
-        surgery.remove_filters(nn.Conv2d(3, 2, 1), [0, 1])
+        surgery.layers.remove_filters(nn.Conv2d(3, 2, 1), [0, 1])
     with pytest.raises(TypeError, match="Conv or Linear"):
-        surgery.remove_filters(nn.BatchNorm2d(3), [0])
+        surgery.layers.remove_filters(nn.BatchNorm2d(3), [0])
 
 
 @pytest.mark.parametrize("granularity", ["weight", "kernel", "pattern"])
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.8])
 def test_sparsify_hits_the_requested_sparsity(granularity, ratio):
+    torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None)
-    report = surgery.sparsify(model, ratio, granularity)
+    report = surgery.sparsity.sparsify(model, ratio, granularity)
     if granularity == "weight":          # global ranking: exact overall
         total = sum(t for _, t in report.layers.values())
         assert sum(z for z, _ in report.layers.values()) == int(ratio * total + 1e-9)
@@ -159,22 +160,22 @@ def test_sparsify_hits_the_requested_sparsity(granularity, ratio):
 def test_make_permanent_leaves_plain_parameters():
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(1, 3, 64, 64)
-    surgery.sparsify(model, 0.5, "weight")
+    surgery.sparsity.sparsify(model, 0.5, "weight")
     with torch.no_grad():
         masked = model(x)
     assert hasattr(model.conv1, "weight_orig")
-    surgery.make_permanent(model)
+    surgery.sparsity.make_permanent(model)
     assert not hasattr(model.conv1, "weight_orig") and not hasattr(model.conv1, "weight_mask")
     assert isinstance(model.conv1.weight, nn.Parameter) and not model.conv1._forward_pre_hooks
     with torch.no_grad():
         assert torch.equal(model(x), masked)
-    assert abs(surgery.sparsity_report(model).overall - 0.5) < 1e-6
+    assert abs(surgery.sparsity.sparsity_report(model).overall - 0.5) < 1e-6
 
 
 def test_sparsify_rejects_bad_arguments():
     with pytest.raises(ValueError, match="granularity"):
-        surgery.sparsify(nn.Conv2d(3, 3, 3), 0.5, "channel")
+        surgery.sparsity.sparsify(nn.Conv2d(3, 3, 3), 0.5, "channel")
     with pytest.raises(ValueError, match="ratio"):
-        surgery.sparsify(nn.Conv2d(3, 3, 3), 1.5)
+        surgery.sparsity.sparsify(nn.Conv2d(3, 3, 3), 1.5)
     with pytest.raises(ValueError, match="no layers"):
-        surgery.sparsify(nn.Sequential(nn.ReLU()), 0.5)
+        surgery.sparsity.sparsify(nn.Sequential(nn.ReLU()), 0.5)

@@ -115,7 +115,11 @@ def test_plan_is_a_dry_run_with_a_summary():
     assert plan.removed_channels > 0 and m.conv1.out_channels == 16
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     table = plan.summary()
-    assert "conv1" in table and "16 -> 8" in table and "total" in table
+    row = next(r for r in table.splitlines() if r.startswith("conv1 "))
+    assert row.split()[-3:] == ["16", "8", "8"]  # before, removed, kept
+    preview = str(pruner.preview())
+    assert "conv1" in preview and "16 -> 8" in preview and "total" in preview
+    assert m.conv1.out_channels == 16
 
 
 def test_plan_round_trips_through_json_and_gives_the_identical_model():
@@ -125,7 +129,7 @@ def test_plan_round_trips_through_json_and_gives_the_identical_model():
     text = plan.to_json()
     assert json.loads(text)["format"] == "torch-surgery-plan"
     a = pruner.step()
-    b = surgery.apply(copy.deepcopy(m), surgery.Plan.from_json(text))
+    b = surgery.apply_plan(copy.deepcopy(m), surgery.Plan.from_json(text))
     assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
 
 
@@ -135,7 +139,7 @@ def test_a_plan_in_the_same_json_shape_from_another_tool_applies():
             "inputs": [{"shape": [1, 3, 32, 32], "dtype": "float32"}],
             "remove": [{"layer": "features.0", "dim": "out", "size": 64, "indices": [0, 1, 2, 3]},
                        {"layer": "features.24", "size": 512, "indices": list(range(100))}]}
-    p = surgery.apply(m, plan)
+    p = surgery.apply_plan(m, plan)
     assert p.features[0].out_channels == 60 and p.features[3].in_channels == 60
     assert p.features[24].out_channels == 412 and p.features[27].in_channels == 412
     assert torch.equal(p.features[0].weight, m.features[0].weight[4:])
@@ -144,9 +148,9 @@ def test_a_plan_in_the_same_json_shape_from_another_tool_applies():
 def test_plan_for_another_architecture_fails_clearly():
     plan = Pruner(create("resnet20"), X32, ratio=0.5).plan()
     with pytest.raises(ValueError, match=r"made for CifarResNet with 272,474 parameters, this is CifarResNet with 855,770"):
-        surgery.apply(create("resnet56"), plan)
+        surgery.apply_plan(create("resnet56"), plan)
     with pytest.raises(ValueError, match="does not fit the model"):
-        surgery.apply(create("vgg16_bn"), plan)
+        surgery.apply_plan(create("vgg16_bn"), plan)
     with pytest.raises(ValueError, match="not a torch-surgery plan"):
         surgery.Plan.from_dict({"remove": []})
 

@@ -8,7 +8,9 @@ tuples/lists of tensors have a list of axes.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch.nn as nn
 
 from surgery.variables import VarTable
 
-__all__ = ["Axes", "Slot", "Patch", "RuleContext", "TensorMeta", "AXES_KEY", "VALUE_KEY"]
+__all__ = ["Axes", "Kind", "Role", "Slot", "Patch", "RuleContext", "TensorMeta", "AXES_KEY", "VALUE_KEY"]
 
 Axes = dict  # dict[int, np.ndarray]
 AXES_KEY = "surgery.axes"
@@ -32,6 +34,50 @@ class TensorMeta:
     dtype: torch.dtype
 
 
+class Kind(str, Enum):
+    """What a layer dimension does with a group's channels."""
+    PRODUCER = "producer"        # creates them: conv/linear output
+    CONSUMER = "consumer"        # reads them: conv/linear input
+    PER_CHANNEL = "per_channel"  # one parameter per channel: BN, LayerNorm, PReLU
+    PARAM = "param"              # a raw parameter read through get_attr
+
+    @property
+    def part(self) -> str:
+        """The :class:`criteria.GroupView` part holding this kind's slices."""
+        return {"producer": "producers", "consumer": "consumers"}.get(self.value, "per_channel")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Role(str):
+    """Which dimension of a layer: ``"out"``, ``"in"`` or ``"dim<d>"`` (a raw parameter's
+    dim ``d``). A ``str`` (so plans stay plain JSON) with ``side`` and ``dim`` parsed once.
+
+    Example:
+        >>> Role("dim2").dim, Role("out").side
+        (2, 'out')
+    """
+    _PATTERN = re.compile(r"^(out|in)$|^dim(\d+)$")
+
+    def __new__(cls, value: str) -> "Role":
+        if not isinstance(value, str) or not cls._PATTERN.match(value):
+            raise ValueError(f"a role is 'out', 'in' or 'dim<d>', got {value!r}")
+        return super().__new__(cls, value)
+
+    @classmethod
+    def param(cls, dim: int) -> "Role":
+        return cls(f"dim{dim}")
+
+    @property
+    def side(self) -> str:
+        return "dim" if self.startswith("dim") else str(self)
+
+    @property
+    def dim(self) -> int | None:
+        return int(self[3:]) if self.startswith("dim") else None
+
+
 @dataclass
 class Slot:
     """One prunable dimension of one layer or parameter.
@@ -41,8 +87,8 @@ class Slot:
     PReLU, depthwise) or ``"param"`` (a raw parameter read through ``get_attr``).
     """
     name: str
-    role: str  # "out", "in", or "dim<d>" for raw parameters
-    kind: str
+    role: Role
+    kind: Kind
     vars: np.ndarray
 
 
@@ -108,7 +154,7 @@ class RuleContext:
         if key in self.slots:
             self.unify(self.slots[key].vars, vars_)
             return self.slots[key].vars
-        self.slots[key] = Slot(name, role, kind, np.asarray(vars_, dtype=np.int64))
+        self.slots[key] = Slot(name, Role(role), Kind(kind), np.asarray(vars_, dtype=np.int64))
         return vars_
 
     def add_patch(self, path: tuple, vars_: np.ndarray) -> None:

@@ -12,6 +12,7 @@ output's channel axes (see :mod:`surgery.rules.context`). Register your own:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch.nn as nn
@@ -32,9 +33,18 @@ METHOD_RULES: dict[str, Rule] = {}
 def _registrar(table: dict, keys: tuple) -> Callable[[Rule], Rule]:
     def deco(rule: Rule) -> Rule:
         for key in keys:
+            old = table.get(key)
+            if old is not None and old is not rule:
+                warnings.warn(f"replacing the channel rule for {_key_name(key)} "
+                              f"({getattr(old, '__qualname__', old)} -> {getattr(rule, '__qualname__', rule)})",
+                              stacklevel=3)
             table[key] = rule
         return rule
     return deco
+
+
+def _key_name(key: object) -> str:
+    return key if isinstance(key, str) else getattr(key, "__qualname__", None) or repr(key)
 
 
 def register_module_rule(*types: type) -> Callable[[Rule], Rule]:

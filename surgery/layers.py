@@ -1,4 +1,4 @@
-"""Fully manual edits: each function returns a new layer without the given channels.
+"""``surgery.layers``: single-layer edits; each function returns a new layer without the given channels.
 
 These do not follow coupled layers (use :class:`surgery.Surgeon` for that); they are
 the building blocks of the classic layer-by-layer flow:
@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from surgery.handlers import handler_for
+from surgery.rewrite import set_submodule
 
 __all__ = ["remove_filters", "remove_bn", "remove_kernels", "keep_classes"]
 
@@ -81,7 +82,6 @@ def keep_classes(model: nn.Module, classes: Sequence[int], layer: str | None = N
         >>> keep_classes(m, [7, 2])[0].out_features
         2
     """
-    from surgery.rewrite import set_submodule
     if layer is None:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not linears:

@@ -1,4 +1,6 @@
-"""The exactness oracle: is a pruned model the original with dropped inputs zeroed?
+"""``surgery.testing``: the exactness oracle, for tests of rules, handlers and models.
+
+Is a pruned model the original with dropped inputs zeroed?
 
 Removing channels is exactly equivalent to keeping them and zeroing the weight
 slices of the layers that read them (conv/linear input columns; a depthwise or
@@ -11,10 +13,10 @@ Example:
     >>> import torch, surgery
     >>> from models import create
     >>> m = create("resnet20").double().eval()
-    >>> _ = surgery.oracle.randomize(m, seed=0)
+    >>> _ = surgery.testing.randomize(m, seed=0)
     >>> x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     >>> p = surgery.prune(m, x, ratio=0.5)
-    >>> surgery.oracle.max_error(m, p, x) < 1e-9
+    >>> surgery.testing.max_error(m, p, x) < 1e-9
     True
 """
 from __future__ import annotations
@@ -25,9 +27,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from surgery.tracing import as_inputs
+from surgery.inputs import as_inputs, evaluating, flat_tensors
 
-__all__ = ["randomize", "kept_indices", "zeroed_reference", "max_error"]
+__all__ = ["randomize", "kept_indices", "zeroed_reference", "max_error", "assert_exact"]
 
 _CONV = nn.modules.conv._ConvNd
 _CONVT = nn.modules.conv._ConvTransposeNd
@@ -117,22 +119,38 @@ def _others(n: int, keep: list) -> list:
 def max_error(original: nn.Module, pruned: nn.Module, example_inputs: Any) -> float:
     """Largest difference between ``pruned`` and the zeroed original (eval mode), relative
     to the largest output magnitude of the reference."""
-    ref = zeroed_reference(original, pruned).eval()
+    ref = zeroed_reference(original, pruned)
     args, kwargs = as_inputs(example_inputs)
-    was = pruned.training
-    pruned.eval()
-    try:
-        with torch.no_grad():
-            a, b = _flat(ref(*args, **kwargs)), _flat(pruned(*args, **kwargs))
-    finally:
-        pruned.train(was)
+    with evaluating(ref, pruned), torch.no_grad():
+        a, b = flat_tensors(ref(*args, **kwargs)), flat_tensors(pruned(*args, **kwargs))
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return float("inf")
     scale = max(float(x.abs().max()) for x in a) or 1.0
     return max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
 
 
-def _flat(out: Any) -> list:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for o in out for t in _flat(o)]
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def assert_exact(original: nn.Module, pruned: nn.Module, example_inputs: Any, *, tol: float = 1e-10,
+                 shrinks: bool = True) -> float:
+    """The one exactness check of the test suite: ``pruned`` equals the zeroed original
+    within ``tol`` (relative), and, with ``shrinks``, it has fewer parameters (so a rewrite
+    that removed nothing cannot pass). Returns the error.
+
+    Example:
+        >>> import torch, surgery
+        >>> from models import create
+        >>> m = randomize(create("resnet20").double().eval())
+        >>> x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+        >>> assert_exact(m, surgery.prune(m, x, ratio=0.5), x) < 1e-10
+        True
+    """
+    if shrinks and count_params(pruned) >= count_params(original):
+        raise AssertionError(f"nothing was removed: {count_params(pruned):,} parameters, "
+                             f"{count_params(original):,} before")
+    err = max_error(original, pruned, example_inputs)
+    if not err < tol:
+        raise AssertionError(f"pruned output differs from the zeroed original by {err:.3g} (tolerance {tol:g})")
+    return err

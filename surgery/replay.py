@@ -1,0 +1,52 @@
+"""``surgery.apply_plan``: replay a plan (JSON or :class:`surgery.Plan`) on a fresh model."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch.nn as nn
+
+from surgery.history import record
+from surgery.inputs import spec_inputs
+from surgery.plan import Plan, check_architecture, units_from_plan
+from surgery.rewrite import rewrite
+from surgery.tracing import trace
+from surgery.transaction import transaction
+from surgery.verify import check_output_shapes
+
+__all__ = ["apply_plan"]
+
+
+def apply_plan(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any = None,
+               inplace: bool = False) -> nn.Module:
+    """Replay ``plan`` on ``model`` (a fresh instance of the architecture it was made for).
+
+    Example:
+        >>> import torch, surgery
+        >>> from models import create
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> pruned = surgery.prune(create("resnet20"), x, ratio=0.5)
+        >>> plan = surgery.Plan.from_json(pruned.surgery_history[-1])
+        >>> again = surgery.apply_plan(create("resnet20"), plan)
+        >>> again.conv1.out_channels
+        8
+    """
+    if isinstance(plan, str):
+        plan = Plan.from_json(plan)
+    elif isinstance(plan, dict):
+        plan = Plan.from_dict(plan)
+    elif not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a surgery.Plan, its dict or its JSON text; got {type(plan).__name__}")
+    check_architecture(plan, model)
+    inputs = example_inputs if example_inputs is not None else spec_inputs(plan.inputs, _device(model))
+    graph = trace(model, inputs)
+    units = units_from_plan(graph, plan)
+    with transaction(model) if inplace else contextlib.nullcontext():
+        new = rewrite(model, graph, units, inplace=inplace)
+        check_output_shapes(graph, new, inputs)
+    return record(new, model, plan)
+
+
+def _device(model: nn.Module):
+    p = next(model.parameters(), None)
+    return p.device if p is not None else None
