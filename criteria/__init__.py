@@ -2,6 +2,8 @@
 
 A criterion returns one score per channel (higher means keep): ``criterion.score(layer)``
 scores a layer's output channels; the engine passes a :class:`GroupView` for a group.
+Helpers (``layer_view``, ``n_remove``, ``lamp``, ``cluster_filters``, ...) live in their
+modules: ``criteria.base``, ``criteria.normalize``, ``criteria.kmeans``.
 
 Example:
     >>> import torch.nn as nn, criteria
@@ -10,13 +12,16 @@ Example:
     >>> len(idx)
     2
 """
-from criteria.base import Criterion, GroupView, WeightCriterion, layer_view, lowest, n_remove
-from criteria.registry import CRITERIA, available, get, register
+import importlib
+import warnings
+
+from criteria.base import Criterion, GroupView, WeightCriterion, Wrapper, lowest
+from criteria.registry import available, get, register
 from criteria.magnitude import BNScale, L1Norm, L2Norm, bn_l1_penalty
 from criteria.fpgm import FPGM
 from criteria.randomized import Random
-from criteria.normalize import Normalized, lamp, normalize_scores
-from criteria.kmeans import KMeansCriterion, cluster_filters, kmeans_removal
+from criteria.normalize import Normalized
+from criteria.kmeans import KMeansCriterion
 from criteria.data import DataCriterion
 from criteria.activations import APoZ, Coverage, HRank, Taylor
 from criteria.gradients import Fisher, KTaylor, TaylorWeight
@@ -24,8 +29,18 @@ from criteria.wanda import Wanda
 from criteria.ocap import OCAP
 from criteria.lrp import LRP
 
-__all__ = ["Criterion", "GroupView", "WeightCriterion", "layer_view", "lowest", "n_remove", "CRITERIA",
-           "available", "get", "register", "L1Norm", "L2Norm", "BNScale", "bn_l1_penalty", "FPGM",
-           "Random", "Normalized", "lamp", "normalize_scores", "KMeansCriterion", "cluster_filters",
-           "kmeans_removal", "DataCriterion", "Taylor", "Coverage", "APoZ", "HRank", "TaylorWeight",
-           "Fisher", "KTaylor", "Wanda", "OCAP", "LRP"]
+__all__ = ["Criterion", "Wrapper", "GroupView", "WeightCriterion", "DataCriterion", "get", "register",
+           "available", "lowest", "Normalized", "bn_l1_penalty", "L1Norm", "L2Norm", "BNScale", "FPGM",
+           "Random", "KMeansCriterion", "Taylor", "Coverage", "APoZ", "HRank", "TaylorWeight", "Fisher",
+           "KTaylor", "Wanda", "OCAP", "LRP"]
+
+_MOVED = {"layer_view": "criteria.base", "n_remove": "criteria.base", "CRITERIA": "criteria.registry",
+          "lamp": "criteria.normalize", "normalize_scores": "criteria.normalize",
+          "cluster_filters": "criteria.kmeans", "kmeans_removal": "criteria.kmeans"}
+
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module 'criteria' has no attribute {name!r}")
+    warnings.warn(f"criteria.{name} is deprecated; use {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(_MOVED[name]), name)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["GroupView", "Criterion", "Wrapper", "WeightCriterion", "layer_view", "lowest", "n_remove"]
+__all__ = ["GroupView", "Criterion", "Wrapper", "WeightCriterion", "layer_view", "conv_rows", "lowest", "n_remove"]
 
 
 class GroupView:
@@ -91,9 +91,14 @@ class Criterion:
             raise NotImplementedError(f"{type(self).__name__} must implement calibrate()")
         return self
 
+    def view_of(self, target: nn.Module | GroupView | torch.Tensor) -> GroupView:
+        """What ``score``, ``select`` and ``prune_indices`` see for a layer, tensor or group: a
+        layer's output channels by default (criteria that score inputs override this)."""
+        return target if isinstance(target, GroupView) else layer_view(target)
+
     def score(self, target: nn.Module | GroupView | torch.Tensor) -> torch.Tensor:
-        """Scores per output channel of a layer or weight tensor, or per channel of a group."""
-        view = target if isinstance(target, GroupView) else layer_view(target)
+        """Scores per channel of a layer (see :meth:`view_of`), weight tensor or group."""
+        view = self.view_of(target)
         with torch.no_grad():
             return self.score_group(view).detach().float().cpu()
 
@@ -105,8 +110,9 @@ class Criterion:
 
         Selection criteria such as k-means override this; the engine always calls it.
         """
-        scores = self.score(target)
-        if scores.shape != (len(scores),) or (isinstance(target, GroupView) and len(scores) != target.size):
+        view = self.view_of(target)
+        scores = self.score(view)
+        if scores.shape != (len(scores),) or len(scores) != view.size:
             raise ValueError(f"{type(self).__name__} returned scores of shape {tuple(scores.shape)}; "
                              f"expected one score per channel")
         if not 0 <= n < len(scores):
@@ -122,7 +128,7 @@ class Criterion:
             >>> len(L1Norm().prune_indices(nn.Conv2d(3, 10, 3), 0.3))
             3
         """
-        view = target if isinstance(target, GroupView) else layer_view(target)
+        view = self.view_of(target)
         return self.select(view, n_remove(view.size, ratio))
 
     def __repr__(self) -> str:
@@ -157,6 +163,9 @@ class Wrapper(Criterion):
     def select(self, target, n: int) -> torch.Tensor:
         return self.base.select(target, n)
 
+    def view_of(self, target) -> GroupView:
+        return self.base.view_of(target)
+
 
 def layer_view(target: nn.Module | torch.Tensor) -> GroupView:
     """A GroupView of one layer: its output channels as producers.
@@ -170,17 +179,31 @@ def layer_view(target: nn.Module | torch.Tensor) -> GroupView:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"cannot score {type(target).__name__}: it has no weight tensor; pass "
                         f"a layer with a weight, a weight tensor or a criteria.GroupView")
-    if isinstance(target, nn.modules.conv._ConvTransposeNd):
-        g = target.groups
-        w = weight.reshape(g, weight.shape[0] // g, weight.shape[1], -1).permute(0, 2, 1, 3)
-        w = w.reshape(g * weight.shape[1], -1)
-        kind, part = "producer", dict(producers=[w])
+    if isinstance(target, nn.modules.conv._ConvNd):
+        kind, part = "producer", dict(producers=[conv_rows(target, "out")])
     elif weight.dim() == 1:
         kind, part = "per_channel", dict(per_channel=[weight.reshape(-1, 1)])
     else:
         kind, part = "producer", dict(producers=[weight.reshape(weight.shape[0], -1)])
     n = next(iter(part.values()))[0].shape[0]
     return GroupView(**part, modules={kind: [target]}, index={kind: [np.arange(n)]})
+
+
+def conv_rows(conv: nn.Module, side: str) -> torch.Tensor:
+    """``[channels, k]``: the weights of a (grouped, transposed) conv that belong to each of
+    its output (``side="out"``) or input (``"in"``) channels.
+
+    Example:
+        >>> conv_rows(nn.ConvTranspose2d(4, 6, 3, groups=2), "out").shape
+        torch.Size([6, 18])
+    """
+    w, g = conv.weight, conv.groups
+    transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+    a, b = w.shape[0], w.shape[1]
+    grid = w.reshape(g, a // g, b, -1)  # (groups, rows per group, cols, k)
+    if (side == "out") != transposed:  # the weight's rows are the wanted side
+        return grid.reshape(a, -1)
+    return grid.permute(0, 2, 1, 3).reshape(g * b, -1)
 
 
 class WeightCriterion(Criterion):

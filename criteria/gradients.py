@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from criteria.activations import Taylor
 from criteria.data import DataCriterion, _NORMS, out_rows
 from criteria.kmeans import KMeansCriterion
 from criteria.registry import register
@@ -82,5 +83,4 @@ class KTaylor(KMeansCriterion):
     """K-means clustering of filters with Taylor (2017) ranking inside clusters (K-Taylor)."""
 
     def __init__(self, k=None, pca=None, seed: int = 0, max_k: int = 10, normalize: bool = True) -> None:
-        from criteria.activations import Taylor
         super().__init__(k=k, base=Taylor(normalize=normalize), pca=pca, seed=seed, max_k=max_k)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from criteria.base import GroupView, Wrapper, layer_view
+from criteria.base import GroupView, Wrapper
 from criteria.registry import get, register
 
 __all__ = ["KMeansCriterion", "kmeans_removal", "cluster_filters"]
@@ -102,7 +102,7 @@ class KMeansCriterion(Wrapper):
         self.k, self.pca, self.seed, self.max_k = k, pca, seed, max_k
 
     def select(self, target, n: int) -> torch.Tensor:
-        view = target if isinstance(target, GroupView) else layer_view(target)
+        view = self.view_of(target)
         scores = self.base.score(view)
         if n == 0:
             return torch.zeros(0, dtype=torch.long)

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from criteria.base import GroupView
-from criteria.data import DataCriterion
+from criteria.data import DataCriterion, per_unit
 from criteria.registry import register
 
 __all__ = ["OCAP"]
@@ -87,7 +87,6 @@ class OCAP(DataCriterion):
             st = self.stats_of(module)
             if st is None:
                 continue
-            from criteria.data import per_unit
             s = per_unit(self.channel_scores(module, st), index, view.size)
             out = s if out is None else torch.maximum(out, s)
         if out is None:

@@ -1,6 +1,8 @@
 """Random scores (a baseline), reproducible with a seed."""
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from criteria.base import Criterion, GroupView
@@ -11,7 +13,9 @@ __all__ = ["Random"]
 
 @register("random")
 class Random(Criterion):
-    """Uniform random scores. The generator is seeded once, so a run is reproducible.
+    """Uniform random scores, reproducible: each group's scores come from ``seed`` and the
+    group's own description (its layer names and size), so they do not depend on the order
+    in which groups are scored (``prune``, ``Pruner`` and ``Surgeon`` agree).
 
     Example:
         >>> import torch.nn as nn
@@ -22,7 +26,8 @@ class Random(Criterion):
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self._gen = torch.Generator().manual_seed(seed)
 
     def score_group(self, view: GroupView) -> torch.Tensor:
-        return torch.rand(view.size, generator=self._gen, dtype=torch.float64)
+        key = f"{self.seed}|{view.size}|{sorted((k, tuple(v)) for k, v in view.names.items())}"
+        gen = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+        return torch.rand(view.size, generator=gen, dtype=torch.float64)

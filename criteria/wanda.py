@@ -38,13 +38,13 @@ class Wanda(DataCriterion):
             raise ValueError("wanda: this group has no consuming layer (its channels reach the output)")
         return total
 
-    def score(self, target):
+    def view_of(self, target):
+        """A layer is seen through its *input* channels (what WANDA measures)."""
         if not isinstance(target, (nn.Linear, nn.modules.conv._ConvNd)):
-            return super().score(target)
+            return super().view_of(target)
         if getattr(target, "groups", 1) != 1:
-            raise ValueError("wanda.score(layer) supports groups=1 layers; use it through surgery.prune")
+            raise ValueError(f"wanda on a single {type(target).__name__} supports groups=1 layers; "
+                             f"use it through surgery.prune for grouped convs")
         w = target.weight.transpose(0, 1).reshape(target.weight.shape[1], -1)
-        view = GroupView(consumers=[w], modules={"consumer": [target]},
+        return GroupView(consumers=[w], modules={"consumer": [target]},
                          index={"consumer": [list(range(w.shape[0]))]})
-        with torch.no_grad():
-            return self.score_group(view).float()

@@ -1,6 +1,7 @@
 """``models.create(name, num_classes)`` and ``@register_model``."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch.nn as nn
@@ -12,6 +13,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 def register_model(name: str) -> Callable:
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS and MODELS[name] is not fn:
+            warnings.warn(f"register_model({name!r}): replacing {MODELS[name].__qualname__} with "
+                          f"{fn.__qualname__}", stacklevel=2)
         MODELS[name] = fn
         return fn
     return deco

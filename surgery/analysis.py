@@ -9,6 +9,7 @@ import torch.fx as fx
 
 from surgery.rules.context import AXES_KEY, RuleContext, TensorMeta, iter_vars
 from surgery.rules.registry import function_rule_for, method_rule_for, module_rule_for
+from surgery.rules.shape_ops import SIZE_OF, SIZE_TAKERS
 
 __all__ = ["analyse"]
 
@@ -19,7 +20,37 @@ def analyse(gm: fx.GraphModule) -> RuleContext:
     for node in gm.graph.nodes:
         ctx.node = node
         node.meta[AXES_KEY] = _run(ctx, node)
+    for node in gm.graph.nodes:
+        if SIZE_OF in node.meta:
+            ctx.node = node
+            _freeze_sizes_used_as_values(ctx, node)
     return ctx
+
+
+def _freeze_sizes_used_as_values(ctx: RuleContext, size: fx.Node) -> None:
+    """A size read at run time from a tracked dim (``x.size(1)``, ``x.numel()``, ``x.shape[-1]``)
+    changes value when channels go. Through reshape sizes it is followed (shape_ops); when it
+    reaches any other tensor (``y / x.size(1)``, ``q * x.shape[-1] ** -0.5``) the dim is frozen."""
+    src, dim = size.meta[SIZE_OF]
+    axes = ctx.axes(src) or {}
+    tracked = list(axes.values()) if dim is None else [axes[dim]] if dim in axes else []
+    if not tracked or not _reaches_a_value(ctx, size, set()):
+        return
+    for v in tracked:
+        ctx.freeze(v, f"its size is read at run time ('{size.name}') and used as a value")
+
+
+def _reaches_a_value(ctx: RuleContext, node: fx.Node, seen: set) -> bool:
+    for user in node.users:
+        if user in seen or user.op == "output" or SIZE_OF in user.meta:
+            continue  # outputs freeze on their own; other size nodes are checked themselves
+        seen.add(user)
+        if isinstance(ctx.value(user), TensorMeta):
+            if not (user.target in SIZE_TAKERS and node not in user.args[:1]):
+                return True
+        elif _reaches_a_value(ctx, user, seen):
+            return True
+    return False
 
 
 def _untracked(value: Any) -> Any:

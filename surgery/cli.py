@@ -56,7 +56,7 @@ def main(argv: list | None = None) -> int:
     args = _parser().parse_args(argv)
     model = build_model(args.model, args.num_classes).eval()
     x = torch.randn(*args.input_shape)
-    import surgery
+    import surgery  # imported here so that `surgery --help` does not load the engine
     from surgery.metrics import count_flops, count_params
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

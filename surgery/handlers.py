@@ -7,6 +7,8 @@ train/eval state and any extra attributes of the original.
 
 Example:
     >>> import torch.nn as nn
+
+from criteria.base import conv_rows
     >>> from surgery.handlers import handler_for
     >>> conv = nn.Conv2d(8, 16, 3)
     >>> handler_for(conv).prune(conv, keep_in=None, keep_out=[0, 2, 5]).out_channels
@@ -20,6 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+
+from criteria.base import conv_rows
 
 __all__ = ["Handler", "PerChannelHandler", "register_handler", "handler_for", "HANDLERS", "replace_param"]
 
@@ -156,13 +160,7 @@ class ConvHandler(Handler):
         return new
 
     def slices(self, module, role):
-        w, g = module.weight, module.groups
-        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-        a, b = w.shape[0], w.shape[1]
-        grid = w.reshape(g, a // g, b, -1)  # (g, rows per group, cols, k)
-        if (role == "out") != transposed:  # rows of the weight are the wanted side
-            return grid.reshape(a, -1)
-        return grid.permute(0, 2, 1, 3).reshape(g * b, -1)
+        return conv_rows(module, role)
 
 
 def _group_index(alive: torch.Tensor, local: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from surgery.inputs import layer_name
 from surgery.plan import plan_from_units
 from surgery.pruner import calibrate
 from surgery.rewrite import rewrite
-from surgery.selection import select_units, units_for_positions
+from surgery.selection import n_remove, select_units, units_for_positions
 from surgery.tracing import trace
 from surgery.transaction import transaction
 from surgery.verify import check_output_shapes
@@ -78,7 +78,7 @@ class Surgeon:
         removed = []
         for group, _ in self._members(name):
             self._check_prunable(name, group)
-            removed.append(select_units(self.graph, group, crit, _criteria.n_remove(group.size, ratio)))
+            removed.append(select_units(self.graph, group, crit, n_remove(group.size, ratio)))
         removed = [r for r in removed if len(r)]
         if removed:
             self._apply(np.concatenate(removed))

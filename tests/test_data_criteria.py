@@ -225,7 +225,7 @@ def test_two_gloo_processes_match_one_process_on_all_data(tmp_path):
             assert torch.allclose(got[name], single[name], rtol=1e-6), (rank, name)
 
 
-DATA_NAMES = ["taylor", "taylor_weight", "ktaylor", "ocap", "coverage", "apoz", "wanda", "hrank", "fisher", "lrp"]
+DATA_NAMES = [n for n in criteria.available() if criteria.get(n).needs_data]
 
 
 @pytest.mark.parametrize("name", DATA_NAMES)

@@ -4,6 +4,8 @@ of q, k, v and out_proj. Removal is balanced across heads (each head loses the s
 positions), so ``embed_dim`` stays divisible by ``num_heads``."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -58,9 +60,12 @@ class MultiheadAttentionHandler(Handler):
         if k.numel() % H:
             raise ValueError(f"MultiheadAttention: keep a multiple of num_heads={H} channels, got {k.numel()}")
         rows = torch.cat([k, k + E, k + 2 * E])
-        replace_param(new, "in_proj_weight", module.in_proj_weight[rows][:, k])
+        # attention divides q.k by sqrt(head_dim): scale q so the smaller head_dim changes nothing
+        q_scale = torch.ones(len(rows), 1, dtype=module.in_proj_weight.dtype, device=k.device)
+        q_scale[: k.numel()] = math.sqrt((k.numel() // H) / (E // H))
+        replace_param(new, "in_proj_weight", module.in_proj_weight[rows][:, k] * q_scale)
         if module.in_proj_bias is not None:
-            replace_param(new, "in_proj_bias", module.in_proj_bias[rows])
+            replace_param(new, "in_proj_bias", module.in_proj_bias[rows] * q_scale[:, 0])
         for name in ("bias_k", "bias_v"):
             if getattr(module, name, None) is not None:
                 replace_param(new, name, getattr(module, name)[..., k])

@@ -2,6 +2,7 @@
 traced-through custom layer (or a subclass that overrides ``forward``) calls."""
 from __future__ import annotations
 
+import numpy as np
 import torch.fx as fx
 import torch.nn.functional as F
 
@@ -26,7 +27,23 @@ def layer_norm_fn(ctx: RuleContext, node: fx.Node):
         for axes, _ in [(x, shape)] + params:
             ctx.freeze_all([{d: v for d, v in axes.items()}], "layer_norm over several dims")
         return {d: v for d, v in x.items() if d < len(shape) - k}
-    return broadcast_axes(ctx, [(x, shape)] + params, ctx.out_shape())
+    out = broadcast_axes(ctx, [(x, shape)] + params, ctx.out_shape())
+    last = out.get(len(shape) - 1)
+    if last is not None:
+        _patch_normalized_shape(ctx, node, last)
+    return out
+
+
+def _patch_normalized_shape(ctx: RuleContext, node: fx.Node, last: np.ndarray) -> None:
+    """The literal ``normalized_shape`` follows the kept channels; a computed one freezes them."""
+    literal = ctx.arg(1, "normalized_shape")
+    path = ("args", 1) if len(node.args) > 1 else ("kwargs", "normalized_shape")
+    if isinstance(literal, (tuple, list)) and all(isinstance(n, int) for n in literal):
+        ctx.add_patch(path + (0,), last)
+    elif isinstance(literal, int):
+        ctx.add_patch(path, last)
+    else:
+        ctx.freeze(last, "layer_norm's normalized_shape is computed at run time")
 
 
 def linear_fn(ctx: RuleContext, node: fx.Node):

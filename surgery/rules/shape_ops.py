@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 
 from surgery.rules.context import RuleContext
+from surgery.rules.elementwise import broadcast_axes
 from surgery.rules.registry import register_function_rule, register_method_rule
 
 __all__ = ["reshape", "permute", "cat", "stack", "split", "chunk", "getitem"]
@@ -107,6 +108,9 @@ def _size_args(node: fx.Node) -> tuple[list, tuple]:
 SIZE_OF = "surgery.size_of"  # node.meta: (tensor node, dim or None) a size value was read from
 
 
+SIZE_TAKERS = ("view", "reshape", torch.reshape)  # ops whose dynamic sizes _follow_dynamic_sizes handles
+
+
 def _follow_dynamic_sizes(ctx: RuleContext, node: fx.Node, out: dict) -> None:
     """A dynamic size read from another tensor's dim (``reshape(B, G, P, D)`` with ``D`` from
     the block input) must stay equal to it: unify position-wise, or freeze if it is fixed."""
@@ -158,7 +162,7 @@ def reshape(ctx: RuleContext, node: fx.Node):
         return None
     blocks: dict = {}
     out = reshape_axes(ctx, in_shape, axes, out_shape, blocks)
-    if node.target in ("view", "reshape", torch.reshape):
+    if node.target in SIZE_TAKERS:
         _patch_sizes(ctx, node, out, blocks)
         _follow_dynamic_sizes(ctx, node, out)
     return out
@@ -233,7 +237,6 @@ def cat(ctx: RuleContext, node: fx.Node):
 
 def _aligned(ctx: RuleContext, parts: list, out_shape, skip: int | None) -> dict:
     """Unify same-position dims of equally shaped tensors (cat's non-cat dims, stack)."""
-    from surgery.rules.elementwise import broadcast_axes
     shape = list(out_shape)
     if skip is not None:
         shape[skip] = 1
@@ -316,6 +319,9 @@ def getitem(ctx: RuleContext, node: fx.Node):
     if origin and origin[1] is None and isinstance(idx, int):  # x.shape[i]
         node.meta[SIZE_OF] = (origin[0], idx % max(len(ctx.shape(origin[0]) or ()), 1))
         return None
+    if origin and origin[1] is None:  # x.shape[1:]: a size tuple that may hold channel counts
+        node.meta[SIZE_OF] = origin
+        return None
     axes = ctx.axes(src)
     if isinstance(axes, list):  # tuple/list output of an op
         sel = axes[idx]
@@ -397,6 +403,8 @@ def size_like(ctx: RuleContext, node: fx.Node):
         dim = ctx.arg(1, "dim")
         nd = len(ctx.shape(node.args[0]) or ())
         node.meta[SIZE_OF] = (node.args[0], dim % nd if isinstance(dim, int) and nd else None)
+    elif node.target in ("numel", "nelement") and isinstance(node.args[0], fx.Node):
+        node.meta[SIZE_OF] = (node.args[0], None)
     return None
 
 
