@@ -40,9 +40,11 @@ class DynamicBlock(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):
-        if x.mean() > 0:
+        # the branch must not depend on channel values (x.mean() would: removing channels changes
+        # it, and verification refuses such a rewrite); finiteness does not change
+        if torch.isfinite(x).all():
             return x + self.conv(x)
-        return x - self.conv(x)
+        return x
 
 
 class Net(nn.Module):
@@ -94,6 +96,12 @@ class DynamicBlockHandler(surgery.extend.Handler):
 
     def slices(self, module, role):
         return module.conv.weight.flatten(1)
+
+    def mask(self, module, keep_in, keep_out):
+        """For verification: the inner conv ignores removed input channels."""
+        keep = keep_out if keep_out is not None else keep_in
+        ConvHandler().mask(module.conv, keep, None)
+        return module
 
 
 def main() -> float:

@@ -22,12 +22,14 @@ from surgery.replay import apply_plan
 from surgery.layers import keep_classes
 from surgery.report import Report, report
 from surgery.saving import load, save
+from surgery.verify import Verification, VerificationError
 from surgery import extend, layers, metrics, sparsity, testing  # noqa: F401  (submodule namespaces)
 
 __version__ = "0.1.0"
 
 __all__ = ["trace", "prune", "Pruner", "PruneConfig", "Surgeon", "Plan", "apply_plan", "save", "load",
-           "report", "Report", "keep_classes", "ChannelGraph", "Group", "Member", "TraceError", "ShapeError"]
+           "report", "Report", "keep_classes", "ChannelGraph", "Group", "Member", "TraceError", "ShapeError",
+           "VerificationError", "Verification"]
 
 # old top-level names -> (module, attribute); kept for one release with a DeprecationWarning
 _DEPRECATED = {

@@ -48,6 +48,8 @@ class PruneConfig:
     iterative_steps / schedule: reach the final budget in steps ("linear", "exponential",
     or a callable (step, steps, final) -> fraction removed after that step).
     inplace: edit the given model (all or nothing) instead of returning a pruned copy.
+    verify: check the rewrite against the original with the removed channels masked
+    (``surgery.VerificationError`` on a mismatch); False checks output shapes only.
     """
     ratio: float = 0.5
     criterion: Any = "l1"
@@ -64,6 +66,7 @@ class PruneConfig:
     iterative_steps: int = 1
     schedule: str | Callable = "linear"
     inplace: bool = False
+    verify: bool = True
 
     def validate(self) -> "PruneConfig":
         check_ratio(self.ratio)

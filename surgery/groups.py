@@ -90,6 +90,7 @@ class ChannelGraph:
         self.gm, self.groups, self.roots = gm, groups, roots
         self.slots = list(ctx.slots.values())
         self.patches = ctx.patches
+        self.norms = ctx.norms
         self.warnings = ctx.warnings
         self.input_spec: list = []
         self.example_inputs = None

@@ -44,6 +44,14 @@ class Handler:
     def slices(self, module: nn.Module, role: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def mask(self, module: nn.Module, keep_in: Index, keep_out: Index) -> nn.Module:
+        """For verification: make ``module`` (a throw-away copy, same shapes) ignore the input
+        channels outside ``keep_in``, so that it computes what the pruned module computes on
+        the kept channels. The default changes nothing, which is right for layers that do
+        not mix channels (per-channel scales, activations); a layer that mixes them must
+        override it, or verification reports a mismatch (it never passes a wrong rewrite)."""
+        return module
+
 
 HANDLERS: dict[type, Handler] = {}
 
@@ -162,6 +170,20 @@ class ConvHandler(Handler):
     def slices(self, module, role):
         return conv_rows(module, role)
 
+    def mask(self, module, keep_in, keep_out):
+        if keep_in is None:
+            return module
+        gone = ~_masks(module.in_channels, keep_in)
+        with torch.no_grad():
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):  # [cin, cout/g, k...]
+                module.weight[gone.to(module.weight.device)] = 0
+            else:  # input channel c is column c % (cin/g) of its group's rows
+                g, per = module.groups, module.in_channels // module.groups
+                w = module.weight.view(g, module.out_channels // g, per, *module.weight.shape[2:])
+                cols = gone.reshape(g, per).to(w.device)
+                w.masked_fill_(cols[:, None, :].reshape(g, 1, per, *([1] * (w.dim() - 3))), 0)
+        return module
+
 
 def _group_index(alive: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     n = local.numel()
@@ -193,6 +215,12 @@ class LinearHandler(Handler):
 
     def slices(self, module, role):
         return module.weight if role == "out" else module.weight.t()
+
+    def mask(self, module, keep_in, keep_out):
+        if keep_in is not None:
+            with torch.no_grad():
+                module.weight[:, ~_masks(module.in_features, keep_in).to(module.weight.device)] = 0
+        return module
 
 
 @register_handler(nn.Embedding)

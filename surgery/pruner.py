@@ -15,7 +15,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator
@@ -33,8 +32,7 @@ from surgery.report import Report, report
 from surgery.rewrite import rewrite
 from surgery.selection import EMPTY, select_units
 from surgery.tracing import trace
-from surgery.transaction import transaction
-from surgery.verify import check_output_shapes
+from surgery.verify import Verification, checked_rewrite
 
 __all__ = ["prune", "Pruner", "PruneConfig", "calibrate"]
 
@@ -42,7 +40,7 @@ __all__ = ["prune", "Pruner", "PruneConfig", "calibrate"]
 def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any = "l1",
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), inplace: bool = False,
           data: Any = None, max_batches: int | None = None, forward_fn: Any = None,
-          loss_fn: Any = None) -> nn.Module:
+          loss_fn: Any = None, verify: bool = True) -> nn.Module:
     """Remove ``floor(ratio * size)`` channels from every prunable group.
 
     Channels that reach a model output are never pruned, so the classifier needs no
@@ -50,6 +48,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
     ("taylor", "coverage", ...) calibrate on ``data`` (batches of ``(inputs, targets)``, at
     most ``max_batches``; ``forward_fn(model, batch) -> (output, targets)`` and ``loss_fn``
     for other batch shapes and losses). Same as ``Pruner(...).step()`` with one step.
+    With ``verify=True`` the result is checked against the original with the removed
+    channels masked (``surgery.VerificationError`` on a mismatch; see README "Correctness").
 
     Example:
         >>> import torch, surgery
@@ -60,7 +60,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
         True
     """
     config = PruneConfig(ratio=check_ratio(ratio), criterion=criterion, ignored_layers=tuple_of(ignored_layers),
-                         leaf_modules=tuple_of(leaf_modules), inplace=inplace)
+                         leaf_modules=tuple_of(leaf_modules), inplace=inplace, verify=verify)
     return Pruner(model, example_inputs, config, data=data, max_batches=max_batches, forward_fn=forward_fn,
                   loss_fn=loss_fn).step()
 
@@ -107,6 +107,7 @@ class Pruner:
         self._owned = self.config.inplace  # after the first rewrite the Pruner owns its copy
         self.step_index = 0
         self.plans: list = []
+        self.verification: Verification | None = None  # what the last step's check covered
         self._cost0: float | None = None
 
     @property
@@ -132,9 +133,8 @@ class Pruner:
         graph = self._trace()
         units = self._choose(graph, self.step_index + 1)
         plan = plan_from_units(graph, units, self.model)
-        with transaction(self.model) if self._owned else contextlib.nullcontext():
-            new = rewrite(self.model, graph, units, inplace=self._owned)
-            check_output_shapes(graph, new, self.example_inputs)
+        new, self.verification = checked_rewrite(self.model, graph, units, self.example_inputs,
+                                                 inplace=self._owned, verify_exact=self.config.verify)
         self.model, self._owned = record(new, self.model, plan), True
         self.plans.append(plan)
         self.step_index += 1

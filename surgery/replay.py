@@ -1,7 +1,6 @@
 """``surgery.apply_plan``: replay a plan (JSON or :class:`surgery.Plan`) on a fresh model."""
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch.nn as nn
@@ -9,16 +8,14 @@ import torch.nn as nn
 from surgery.history import record
 from surgery.inputs import spec_inputs
 from surgery.plan import Plan, check_architecture, units_from_plan
-from surgery.rewrite import rewrite
 from surgery.tracing import trace
-from surgery.transaction import transaction
-from surgery.verify import check_output_shapes
+from surgery.verify import checked_rewrite
 
 __all__ = ["apply_plan"]
 
 
 def apply_plan(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any = None,
-               inplace: bool = False) -> nn.Module:
+               inplace: bool = False, verify: bool = True) -> nn.Module:
     """Replay ``plan`` on ``model`` (a fresh instance of the architecture it was made for).
 
     Example:
@@ -41,9 +38,7 @@ def apply_plan(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any
     inputs = example_inputs if example_inputs is not None else spec_inputs(plan.inputs, _device(model))
     graph = trace(model, inputs)
     units = units_from_plan(graph, plan)
-    with transaction(model) if inplace else contextlib.nullcontext():
-        new = rewrite(model, graph, units, inplace=inplace)
-        check_output_shapes(graph, new, inputs)
+    new, _ = checked_rewrite(model, graph, units, inputs, inplace=inplace, verify_exact=verify)
     return record(new, model, plan)
 
 

@@ -14,11 +14,9 @@ from surgery.history import record
 from surgery.inputs import layer_name
 from surgery.plan import plan_from_units
 from surgery.pruner import calibrate
-from surgery.rewrite import rewrite
 from surgery.selection import n_remove, select_units, units_for_positions
 from surgery.tracing import trace
-from surgery.transaction import transaction
-from surgery.verify import check_output_shapes
+from surgery.verify import checked_rewrite
 
 __all__ = ["Surgeon"]
 
@@ -40,8 +38,12 @@ class Surgeon:
         (48, 48, 48)
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence = ()) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence = (),
+                 verify: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model, self.example_inputs, self.leaf_modules = model, example_inputs, tuple(leaf_modules)
+        self.verify, self.verification = verify, None
         self.graph = self._trace()
 
     def _trace(self) -> ChannelGraph:
@@ -105,9 +107,8 @@ class Surgeon:
     def _apply(self, units: np.ndarray) -> None:
         """Rewrite in place; on any error the model is restored exactly as it was."""
         plan = plan_from_units(self.graph, units, self.model)
-        with transaction(self.model):
-            new = rewrite(self.model, self.graph, units, inplace=True)
-            check_output_shapes(self.graph, new, self.example_inputs)
+        new, self.verification = checked_rewrite(self.model, self.graph, units, self.example_inputs,
+                                                 inplace=True, verify_exact=self.verify)
         self.model = record(new, self.model, plan)
         self.graph = self._trace()
 

@@ -74,6 +74,24 @@ class MultiheadAttentionHandler(Handler):
         new.head_dim = k.numel() // H
         return new
 
+    def mask(self, module, keep_in, keep_out):
+        """Removed embedding channels are read by nobody: zero their in_proj columns, their
+        q/k/v rows and out_proj columns (the attention scale stays the original's)."""
+        keep = keep_out if keep_out is not None else keep_in
+        if keep is None:
+            return module
+        E = module.embed_dim
+        gone = torch.ones(E, dtype=torch.bool)
+        gone[_index(keep, "cpu")] = False
+        gone = gone.to(module.in_proj_weight.device)
+        with torch.no_grad():
+            module.in_proj_weight[:, gone] = 0
+            module.in_proj_weight[gone.repeat(3)] = 0
+            if module.in_proj_bias is not None:
+                module.in_proj_bias[gone.repeat(3)] = 0
+            module.out_proj.weight[:, gone] = 0
+        return module
+
     def slices(self, module, role):
         E = module.embed_dim
         w = module.in_proj_weight  # [3E, E]: column c reads channel c; rows c, E+c, 2E+c make it

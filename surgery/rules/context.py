@@ -106,6 +106,7 @@ class RuleContext:
     vars: VarTable = field(default_factory=VarTable)
     slots: dict = field(default_factory=dict)   # (name, role) -> Slot
     patches: list = field(default_factory=list)
+    norms: list = field(default_factory=list)   # (description, vars): statistics over these channels
     warnings: list = field(default_factory=list)
     node: fx.Node | None = None
 
@@ -159,6 +160,11 @@ class RuleContext:
 
     def add_patch(self, path: tuple, vars_: np.ndarray) -> None:
         self.patches.append(Patch(self.node.name, path, np.asarray(vars_, dtype=np.int64)))
+
+    def mark_norm(self, vars_: np.ndarray, what: str) -> None:
+        """Record that an op normalises over these channels (LayerNorm, GroupNorm with one
+        group): removing any of them changes the statistics, so the rewrite cannot be exact."""
+        self.norms.append((f"{what} (node '{self.node.name}')", np.asarray(vars_, dtype=np.int64)))
 
     def warn(self, message: str) -> None:
         self.warnings.append(f"node '{self.node.name}' ({_describe(self.node)}): {message}")

@@ -30,6 +30,7 @@ def layer_norm_fn(ctx: RuleContext, node: fx.Node):
     out = broadcast_axes(ctx, [(x, shape)] + params, ctx.out_shape())
     last = out.get(len(shape) - 1)
     if last is not None:
+        ctx.mark_norm(last, "F.layer_norm")
         _patch_normalized_shape(ctx, node, last)
     return out
 

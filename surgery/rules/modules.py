@@ -93,6 +93,8 @@ def layer_norm(ctx: RuleContext, node: fx.Node):
     axes, shape = _input(ctx, node)
     k = len(m.normalized_shape)
     if k == 1:
+        if len(shape) - 1 in axes:
+            ctx.mark_norm(axes[len(shape) - 1], f"{type(m).__name__} '{node.target}'")
         return per_channel(ctx, node, -1)
     for d in range(len(shape) - k, len(shape)):
         if d in axes:
@@ -110,6 +112,8 @@ def group_norm(ctx: RuleContext, node: fx.Node):
     if v is not None and m.num_groups > 1:
         for row in v.reshape(m.num_groups, -1):
             ctx.unify(np.full(len(row), row[0]), row)
+    elif v is not None:
+        ctx.mark_norm(v, f"GroupNorm(1 group) '{node.target}'")
     return per_channel(ctx, node, 1)
 
 
