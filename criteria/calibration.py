@@ -128,6 +128,9 @@ def run_batches(model: nn.Module, data: Iterable, *, max_batches: int | None = N
     if data is None:
         raise ValueError("this criterion needs data: pass data=<DataLoader or list of (inputs, targets)>")
     loss_fn = loss_fn or sum_cross_entropy
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None (all batches), got {max_batches!r}")
     total = max_batches if max_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     seen = 0
     for batch in tqdm(itertools.islice(data, max_batches), total=total, desc=desc, disable=None, leave=False):

@@ -121,6 +121,8 @@ def _get_attr(ctx: RuleContext, node: fx.Node) -> Any:
     shape = ctx.shape(node)
     if shape is None:
         return None
+    if not ctx.value(node).dtype.is_floating_point:
+        return {}  # index tables and masks: data, not channels
     axes = {}
     for d, n in enumerate(shape):
         if n > 1:

@@ -44,6 +44,12 @@ class Handler:
     def slices(self, module: nn.Module, role: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def tensor_dims(self, module: nn.Module, role: str) -> list | None:
+        """``[(attribute, dim)]``: the module's tensors (and their dim) that a side indexes, so
+        that tied parameters couple the channels they share. ``None``: unknown (a tied
+        parameter of such a layer freezes its channels)."""
+        return None
+
     def mask(self, module: nn.Module, keep_in: Index, keep_out: Index) -> nn.Module:
         """For verification: make ``module`` (a throw-away copy, same shapes) ignore the input
         channels outside ``keep_in``, so that it computes what the pruned module computes on
@@ -97,8 +103,10 @@ def replace_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
     old = getattr(module, name)
     if name in module._parameters:
         module._parameters[name] = nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
-    else:
+    elif name in module._buffers:
         module._buffers[name] = value.detach().clone()
+    else:  # a plain tensor attribute read in forward
+        object.__setattr__(module, name, value.detach().clone())
 
 
 def _select(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
@@ -170,6 +178,13 @@ class ConvHandler(Handler):
     def slices(self, module, role):
         return conv_rows(module, role)
 
+    def tensor_dims(self, module, role):
+        if module.groups != 1:
+            return None
+        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+        dim = 0 if (role == "out") != transposed else 1
+        return [("weight", dim)] + ([("bias", 0)] if role == "out" and module.bias is not None else [])
+
     def mask(self, module, keep_in, keep_out):
         if keep_in is None:
             return module
@@ -216,6 +231,11 @@ class LinearHandler(Handler):
     def slices(self, module, role):
         return module.weight if role == "out" else module.weight.t()
 
+    def tensor_dims(self, module, role):
+        if role == "in":
+            return [("weight", 1)]
+        return [("weight", 0)] + ([("bias", 0)] if module.bias is not None else [])
+
     def mask(self, module, keep_in, keep_out):
         if keep_in is not None:
             with torch.no_grad():
@@ -238,6 +258,9 @@ class EmbeddingHandler(Handler):
 
     def slices(self, module, role):
         return module.weight.t()
+
+    def tensor_dims(self, module, role):
+        return [("weight", 1)]
 
 
 # --------------------------------------------------------------------------- per-channel layers
@@ -268,6 +291,9 @@ class PerChannelHandler(Handler):
 
     def _resize(self, new, old, n):
         setattr(new, self.size_attr, n)
+
+    def tensor_dims(self, module, role):
+        return [(name, 0) for name in self.tensors if getattr(module, name, None) is not None]
 
     def slices(self, module, role):
         w = getattr(module, "weight", None)

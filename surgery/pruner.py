@@ -66,9 +66,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
 
 
 def tuple_of(layers: Iterable) -> tuple:
-    if isinstance(layers, (str, nn.Module)):
-        return (layers,)  # Pruner's name resolution explains how to pass it
-    return tuple(layers)
+    """A single layer (name or module) as a one-element tuple; any other iterable as a tuple."""
+    return (layers,) if isinstance(layers, (str, nn.Module)) else tuple(layers)
 
 
 def calibrate(criterion: _criteria.Criterion, model: nn.Module, data: Any, **options: Any) -> None:
@@ -95,8 +94,8 @@ class Pruner:
                  loss_fn: Callable | None = None, **options):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(options.get("ignored_layers"), (str, nn.Module)):
-            raise TypeError("ignored_layers must be a list of submodules or names; wrap it in a list")
+        if "ignored_layers" in options:  # one name or module means that layer, not its letters
+            options["ignored_layers"] = tuple_of(options["ignored_layers"])
         self.config = replace(config or PruneConfig(), **options).validate()
         self._data = dict(data=data, max_batches=max_batches, forward_fn=forward_fn, loss_fn=loss_fn)
         self.example_inputs = example_inputs

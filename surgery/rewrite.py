@@ -14,16 +14,21 @@ import torch.nn as nn
 from surgery.groups import ChannelGraph, Kind
 from surgery.handlers import PerChannelHandler, handler_for, replace_param
 from surgery.inputs import evaluating, flat_tensors, as_inputs
+from surgery.ties import shared_owners
 from surgery.transaction import transaction
 
 __all__ = ["rewrite", "set_submodule", "keep_indices"]
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace submodule ``name`` (dotted path) of ``root`` with ``new``."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
+    """Replace submodule ``name`` (dotted path) of ``root`` with ``new``, under every name the
+    same module object is registered (a layer used twice in a Sequential stays one layer)."""
+    old = root.get_submodule(name)
+    aliases = [n for n, m in root.named_modules(remove_duplicate=False) if m is old] if name else []
+    for alias in aliases or [name]:
+        parent_name, _, attr = alias.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        setattr(parent, attr, new)
 
 
 def keep_indices(graph: ChannelGraph, removed: np.ndarray) -> dict:
@@ -56,6 +61,7 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
 
 
 def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
+    ties = shared_owners(target)
     by_layer: dict = defaultdict(dict)
     for (name, role), keep in keeps.items():
         by_layer[(name, kinds[(name, role)] == Kind.PARAM)][role] = keep
@@ -70,7 +76,20 @@ def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
             set_submodule(target, name, new)
     for owner, attrs in owned.items():
         _slice_owned(target, owner, attrs)
+    _retie(target, ties)
     return target
+
+
+def _retie(root: nn.Module, ties: list) -> None:
+    """Tensors that were one object before the rewrite are one object after it."""
+    for owners in ties:
+        first = getattr(root.get_submodule(owners[0][0]) if owners[0][0] else root, owners[0][1])
+        for name, attr in owners[1:]:
+            module = root.get_submodule(name) if name else root
+            if getattr(module, attr).shape != first.shape:
+                raise RuntimeError(f"internal error: tied tensors {owners[0]} and {(name, attr)} were pruned "
+                                   f"differently; please report this model")
+            (module._parameters if attr in module._parameters else module._buffers)[attr] = first
 
 
 def _graph_module(model: nn.Module, target: nn.Module, changed, graph: ChannelGraph) -> nn.Module:
@@ -123,8 +142,10 @@ def _slice_owned(root: nn.Module, owner_name: str, attrs: dict) -> None:
     for attr, roles in attrs.items():
         t = getattr(owner, attr)
         for role, keep in roles.items():
-            t = t.index_select(role.dim, torch.as_tensor(keep, device=t.device))
-        replace_param(owner, attr, t)
+            if t.shape[role.dim] != len(keep):  # not already sliced by the owner's handler (tied slots)
+                t = t.index_select(role.dim, torch.as_tensor(keep, device=t.device))
+        if t is not getattr(owner, attr):
+            replace_param(owner, attr, t)
 
 
 def _same_outputs(a: nn.Module, b: nn.Module, example_inputs) -> bool:

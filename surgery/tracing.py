@@ -16,12 +16,15 @@ from typing import Any, Iterable
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.utils.parametrize  # noqa: F401  (check_model)
+import torch.nn.utils.prune  # noqa: F401  (check_model)
 
 from surgery.analysis import analyse
 from surgery.groups import ChannelGraph, build_groups
 from surgery.inputs import as_inputs, evaluating, input_spec, layer_names
 from surgery.rules.context import VALUE_KEY, RuleContext, TensorMeta
 from surgery.rules.registry import module_rule_for
+from surgery.ties import couple_shared_tensors
 
 __all__ = ["trace", "TraceError", "ShapeError", "symbolic_trace", "propagate"]
 
@@ -43,12 +46,12 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         >>> len(g.prunable_groups)
         12
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     ignored = layer_names(model, ignored_layers, "ignored_layers")
     gm = symbolic_trace(model, leaf_modules)
     propagate(gm, example_inputs)
     ctx = analyse(gm)
+    couple_shared_tensors(ctx, gm)
     _freeze_ignored(ctx, ignored)
     groups, roots = build_groups(ctx)
     for g in groups:
@@ -60,6 +63,34 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     for w in ctx.warnings:
         warnings.warn(w, stacklevel=2)
     return graph
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse, with the fix, models the engine must not rewrite as they are."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+        raise TypeError("this model is wrapped by torch.compile: pass model._orig_mod (the module it wraps), "
+                        "then compile the pruned model again")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TypeError(f"this model is wrapped by {type(model).__name__}: pass model.module, then wrap the "
+                        f"pruned model again")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("TorchScript modules cannot be traced by torch.fx: prune the Python module before "
+                        "scripting it (torch.jit.script(pruned))")
+    for name, m in model.named_modules():
+        where = f"'{name}'" if name else "the model"
+        if torch.nn.utils.parametrize.is_parametrized(m):
+            raise ValueError(f"{where} ({type(m).__name__}) has parametrizations (weight_norm, spectral_norm, ...): "
+                             f"remove them with torch.nn.utils.parametrize.remove_parametrizations(module, "
+                             f"'weight') before pruning, and apply them again to the pruned model")
+        for hook in m._forward_pre_hooks.values():
+            if isinstance(hook, torch.nn.utils.prune.BasePruningMethod):
+                raise ValueError(f"{where} still has pruning masks (surgery.sparsity.sparsify or "
+                                 f"torch.nn.utils.prune): call surgery.sparsity.make_permanent(model) first")
+            if type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
+                raise ValueError(f"{where} uses the old torch.nn.utils.{type(hook).__name__.lower()[:-4]}_norm hook: "
+                                 f"remove it (torch.nn.utils.remove_{type(hook).__name__.lower()[:-4]}_norm) before pruning")
 
 
 def _freeze_ignored(ctx: RuleContext, names: list) -> None:
@@ -80,6 +111,7 @@ class ShapeError(ValueError):
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple, leaf_names: set) -> None:
         super().__init__()
+        self.proxy_buffer_attributes = True  # buffers read in forward become get_attr nodes, not constants
         self._leaf_types, self._leaf_names = leaf_types, leaf_names
         self.module_path: list[tuple[str, str]] = []
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 from surgery.groups import ChannelGraph, Group, Kind
@@ -55,7 +56,7 @@ class Verification:
     def __str__(self) -> str:
         if self.exact:
             return f"verified: pruned == masked original (max relative error {self.max_error:.2e}, {self.dtype})"
-        return "shapes verified; not exact by design (normalisation over channels): " + "; ".join(self.unchecked)
+        return "output shapes verified; outputs not compared: " + "; ".join(self.unchecked)
 
 
 def crossed_norms(graph: ChannelGraph, removed: np.ndarray) -> list:
@@ -231,7 +232,8 @@ def check_output_shapes(graph: ChannelGraph, pruned: nn.Module, example_inputs: 
     """Run ``pruned`` on the example inputs; output shapes must equal the traced ones."""
     out = run_eval(pruned, example_inputs)
     expected = [n for n in graph.gm.graph.nodes if n.op == "output"][0]
-    want = _shapes(expected.args[0], lambda n: getattr(n.meta.get(VALUE_KEY), "shape", None))
+    want = _shapes(expected.args[0], lambda n: getattr(n.meta.get(VALUE_KEY), "shape", None)
+                   if isinstance(n, fx.Node) else None)
     got = _shapes(out, lambda t: t.shape if isinstance(t, torch.Tensor) else None)
     if want != got:
         raise VerificationError(f"the pruned model's output shapes {got} differ from the original {want}; "
@@ -266,12 +268,22 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
     reference = None
     if verify_exact and len(removed) and not norms:
         reference = masked_reference(model, graph, removed, reference_dtype(model))
+    skipped = ["nothing was removed"] if not len(removed) else \
+        [f"not exact by design, a normalisation over channels sees removed ones: {n}" for n in norms] or \
+        ["verify=False"]
     with transaction(model) if inplace else contextlib.nullcontext():
         new = rewrite(model, graph, removed, inplace=inplace)
-        if reference is not None:
-            result = verify(reference, new, graph, removed, example_inputs)
-        else:
-            check_output_shapes(graph, new, example_inputs)
-            result = Verification(exact=False, unchecked=norms or ["verify=False: shapes only"])
+        try:
+            if reference is not None:
+                result = verify(reference, new, graph, removed, example_inputs)
+            else:
+                check_output_shapes(graph, new, example_inputs)
+                result = Verification(exact=False, unchecked=skipped)
+        except VerificationError:
+            raise
+        except Exception as err:  # the rewritten model does not even run
+            raise VerificationError(f"the pruned model fails on the example inputs ({type(err).__name__}: "
+                                    f"{err}); the model was left as it was. Please report this model; meanwhile "
+                                    f"keep the layer named above with ignored_layers.") from err
     object.__setattr__(new, "surgery_verification", result)
     return new, result

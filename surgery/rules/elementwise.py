@@ -23,7 +23,11 @@ def first_tensor(ctx: RuleContext) -> fx.Node | None:
 
 
 def passthrough(ctx: RuleContext, node: fx.Node):
-    """Channels flow unchanged; a tracked dim whose size changes is frozen."""
+    """Channels flow unchanged; a tracked dim whose size changes is frozen. Other tensor
+    operands (``clamp(y, max=bound)``) broadcast against the output like an elementwise op."""
+    operands = [a for a in list(node.args) + list(node.kwargs.values()) if ctx.shape(a) is not None]
+    if len(operands) > 1:
+        return elementwise(ctx, node)
     x = first_tensor(ctx)
     out_shape = ctx.out_shape()
     axes = ctx.axes(x) or {}

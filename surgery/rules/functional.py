@@ -21,7 +21,7 @@ def _operand(ctx: RuleContext, arg):
 def layer_norm_fn(ctx: RuleContext, node: fx.Node):
     """F.layer_norm(x, shape, weight, bias): per-channel over one trailing dim."""
     x, shape = _operand(ctx, node.args[0])
-    k = len(ctx.arg(1, "normalized_shape"))
+    k = len(ctx.value(ctx.arg(1, "normalized_shape")))  # a literal, or a size computed at run time
     params = [p for p in (_operand(ctx, ctx.arg(2, "weight")), _operand(ctx, ctx.arg(3, "bias"))) if p]
     if k > 1:
         for axes, _ in [(x, shape)] + params:
@@ -98,7 +98,8 @@ def batch_norm_fn(ctx: RuleContext, node: fx.Node):
     """F.batch_norm / F.instance_norm(x, mean, var, weight, bias): per-channel on dim 1."""
     x, shape = _operand(ctx, node.args[0])
     out = dict(x)
-    for arg in node.args[1:5]:
+    names = ("running_mean", "running_var", "weight", "bias")  # positional or keyword (timm's norm-act)
+    for arg in (ctx.arg(i, name) for i, name in enumerate(names, start=1)):
         p = _operand(ctx, arg)
         if p and 0 in p[0]:
             if 1 in x:

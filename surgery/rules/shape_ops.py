@@ -211,6 +211,9 @@ register_function_rule(torch.permute, torch.transpose, torch.swapaxes, torch.t, 
 # --------------------------------------------------------------------------- cat / stack
 def _tensor_list(ctx: RuleContext) -> list:
     seq = ctx.arg(0, "tensors")
+    if isinstance(seq, fx.Node):  # torch.cat(y.chunk(2, 1)): one node holding the whole tuple
+        axes, values = ctx.axes(seq) or [], ctx.value(seq) or []
+        return [(a or {}, v.shape) for a, v in zip(axes, values)]
     return [(ctx.axes(t) or {}, ctx.shape(t)) for t in seq]
 
 
