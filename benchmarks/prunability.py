@@ -6,6 +6,9 @@ ratio 0.5, the class returned, and whether the exactness oracle holds (float64, 
 weights and BN statistics; "n/a" for LayerNorm/GroupNorm models, where it does not apply).
 
     python benchmarks/prunability.py [--models resnet18,vit_b_16] [--ratio 0.5] [--markdown]
+    python benchmarks/prunability.py --zoo timm [--families resnet,byobnet] [--jobs 2]
+
+``--zoo timm`` runs benchmarks/timm_zoo.py: the smallest fx-traceable model of every timm family.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import argparse
 import collections
 import copy
 import re
+import sys
 import time
 import warnings
 
@@ -85,7 +89,17 @@ def fmt(r: dict, markdown: bool) -> str:
 
 
 def main() -> None:
+    if "--zoo" in sys.argv:
+        i = sys.argv.index("--zoo")
+        zoo = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
+        if zoo == "timm":
+            import timm_zoo
+            return timm_zoo.main(sys.argv[1:i] + sys.argv[i + 2:])
+        if zoo != "torchvision":
+            raise SystemExit(f"--zoo must be torchvision or timm, got {zoo!r}")
+        del sys.argv[i:i + 2]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--zoo", default="torchvision", choices=["torchvision", "timm"])
     p.add_argument("--models", default=None)
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--markdown", action="store_true")

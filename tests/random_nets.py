@@ -5,8 +5,11 @@ The forward interprets a static program, so torch.fx traces it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import strategies as st
 
 ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity, "hswish": nn.Hardswish}
@@ -26,6 +29,20 @@ class RandomNet(nn.Module):
                 _, c = args
                 r = max(1, c // 2)
                 self.layers[str(i)] = nn.Sequential(nn.Conv2d(c, r, 1), nn.ReLU(), nn.Conv2d(r, c, 1), nn.Sigmoid())
+            elif op == "tie":  # a conv sharing its weight with an earlier one (tied weights)
+                _, j = args
+                first = self.layers[str(j)][0]
+                conv = nn.Conv2d(first.in_channels, first.out_channels, first.kernel_size,
+                                 padding=first.padding, groups=first.groups)
+                conv.weight = first.weight
+                self.layers[str(i)] = nn.Sequential(conv, nn.ReLU())
+            elif op == "fbn":  # a norm layer whose forward calls F.batch_norm with keyword weights
+                self.layers[str(i)] = nn.BatchNorm2d(args[1])
+            elif op == "clamp":  # a tensor-valued bound
+                self.register_parameter(f"bound{i}", nn.Parameter(torch.rand(1, args[1], 1, 1) + 0.5))
+            elif op == "attn":  # tokens, q/k/v projections, attention scaled by sqrt(head dim)
+                c = args[1]
+                self.layers[str(i)] = nn.ModuleList([nn.Linear(c, c) for _ in range(3)])
         self.head = nn.Linear(channels[-1], num_classes)
 
     def forward(self, x):
@@ -54,7 +71,30 @@ class RandomNet(nn.Module):
             elif op == "gate":
                 t = env[args[0]]
                 env.append(t * self.layers[str(i)](t.mean((2, 3), keepdim=True)))
+            elif op == "tie":
+                env.append(self.layers[str(i)](env[args[0]]))
+            elif op == "fbn":
+                bn = self.layers[str(i)]
+                env.append(F.batch_norm(env[args[0]], bn.running_mean, bn.running_var, weight=bn.weight,
+                                        bias=bn.bias, training=False))
+            elif op == "clamp":
+                env.append(torch.clamp(env[args[0]], max=getattr(self, f"bound{i}")))
+            elif op == "chunkcat":
+                env.append(torch.cat(env[args[0]].chunk(2, 1), 1))
+            elif op == "unbindstack":
+                env.append(torch.stack(env[args[0]].unbind(1), 1))
+            elif op == "attn":
+                env.append(self._attention(env[args[0]], self.layers[str(i)]))
         return self.head(env[-1].mean((2, 3)))
+
+
+    @staticmethod
+    def _attention(t, proj):
+        n, c, h, w = t.shape
+        tokens = t.flatten(2).transpose(1, 2)
+        q, k, v = (p(tokens) for p in proj)
+        a = (q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])).softmax(-1)
+        return (a @ v).transpose(1, 2).reshape(n, c, h, w)
 
 
 @st.composite
@@ -80,7 +120,8 @@ def _pick(draw, channels, pred=lambda c: True):
 
 def _add_op(draw, program, channels):
     op = draw(st.sampled_from(["conv", "conv", "add", "mul", "cat", "chunk", "split", "slice",
-                               "shuffle", "gate", "dwconv", "gconv"]))
+                               "shuffle", "gate", "dwconv", "gconv", "tie", "fbn", "clamp", "chunkcat",
+                               "unbindstack", "attn"]))
     src = _pick(draw, channels)
     c = channels[src]
     if op == "conv":
@@ -117,6 +158,15 @@ def _add_op(draw, program, channels):
         mult = draw(st.sampled_from([1, 2]))
         program.append(("conv", src, c, c * mult, c, 3, "relu"))
         channels.append(c * mult)
+    elif op == "tie":
+        convs = [j for j, p in enumerate(program) if p[0] == "conv" and p[2] == c and p[4] == 1]
+        if convs:
+            j = draw(st.sampled_from(convs))
+            program.append(("tie", src, j))
+            channels.append(program[j][3])
+    elif op in ("fbn", "clamp", "unbindstack", "attn") or (op == "chunkcat" and c % 2 == 0):
+        program.append((op, src, c))
+        channels.append(c)
     elif op == "gconv" and c % 2 == 0:
         program.append(("conv", src, c, 2 * draw(st.sampled_from([2, 3, 4])), 2, 3, "gelu"))
         channels.append(program[-1][3])

@@ -28,6 +28,11 @@ def test_random_architecture_prunes_exactly(spec, ratio):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruned = surgery.prune(model, x, ratio=ratio)
-    assert count_params(pruned) <= count_params(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = surgery.trace(model, x)
+    if any(int(ratio * g.size + 1e-9) >= 1 for g in graph.prunable_groups):
+        assert count_params(pruned) < count_params(model), program  # channels really went
     assert pruned(x).shape == model(x).shape
+    assert pruned.surgery_verification.exact or pruned.surgery_verification.unchecked == ["nothing was removed"]
     assert oracle.max_error(model, pruned, x) < 1e-10, program
