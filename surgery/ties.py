@@ -47,9 +47,12 @@ def couple_shared_tensors(ctx: RuleContext, gm: fx.GraphModule) -> None:
             if dim in first and len(first[dim].vars) == len(slot.vars):
                 ctx.vars.unify(first[dim].vars, slot.vars)
             first.setdefault(dim, slot)
-        if tid in shared and not _all_owners_traced(ctx, shared[tid]):
-            for slot, _ in entries:
-                ctx.vars.freeze(slot.vars, f"'{slot.name}' shares a tensor with a layer the trace does not reach")
+        if tid in shared:
+            owners = {n for n, _ in shared[tid]}
+            for slot, dim in entries:  # every owner must follow a pruned dim, or none may prune it
+                if {_owner_name(s) for s, d in entries if d == dim} != owners:
+                    ctx.vars.freeze(slot.vars, f"'{slot.name}' shares a tensor with a layer whose channels along "
+                                               f"that dim are not tracked (tied weights)")
     for tid, entries in unknown.items():
         names = {slot.name for slot, _ in entries + by_tensor.get(tid, [])}
         if tid in shared or len(names) > 1:  # several layers index it: a tie we cannot describe
@@ -58,9 +61,8 @@ def couple_shared_tensors(ctx: RuleContext, gm: fx.GraphModule) -> None:
                                            f"engine cannot follow")
 
 
-def _all_owners_traced(ctx: RuleContext, owners: list) -> bool:
-    traced = {slot.name for slot in ctx.slots.values()}
-    return all(n in traced or f"{n}.{a}".lstrip(".") in traced for n, a in owners)
+def _owner_name(slot) -> str:
+    return slot.name.rpartition(".")[0] if slot.kind == Kind.PARAM else slot.name
 
 
 def _tensors_of(gm: fx.GraphModule, slot) -> list:

@@ -21,6 +21,11 @@ import surgery
                 ("add", 1, 1), ("shuffle", 1, 2), ("add", 1, 1), ("split", 1, [2, 4]),
                 ("shuffle", 1, 2), ("shuffle", 8, 2), ("conv", 1, 6, 4, 1, 1, "relu")],
                [3, 6, 3, 3, 4, 6, 6, 6, 2, 4, 6, 2, 4]), ratio=0.5)
+# found by hypothesis: a weight tied between a conv on the (untracked) model input and a conv on
+# tracked channels; pruning the second's inputs untied (and broke) the first
+@example(spec=([("conv", 0, 3, 6, 1, 3, "relu"), ("conv", 1, 6, 6, 6, 3, "relu"), ("slice", 1, 0, 1),
+                ("conv", 1, 6, 4, 1, 1, "relu"), ("chunk", 1), ("tie", 6, 0)],
+               [3, 6, 6, 1, 4, 3, 3, 6]), ratio=0.5)
 def test_random_architecture_prunes_exactly(spec, ratio):
     program, channels = spec
     model = prepared(RandomNet(program, channels))
