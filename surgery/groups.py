@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 
@@ -111,14 +112,16 @@ class ChannelGraph:
         return self.groups_of(name, role)
 
     def table(self) -> str:
-        head = f"{'group':>5} {'size':>6}  {'state':<40} producers"
-        rows = [head, "-" * len(head)]
+        """One row per group; a frozen group's full reason on the row below it (never cut)."""
+        head = f"{'group':>5} {'size':>6}  {'state':<9} producers"
+        rows = [head, "-" * 72]
         for g in self.groups:
-            state = "prunable" if g.prunable else f"frozen: {g.reason}"
             prods = ", ".join(m.name for m in g.producers) or "-"
-            rows.append(f"{g.index:>5} {g.size:>6}  {state[:40]:<40} {prods[:60]}")
-        n = len(self.prunable_groups)
-        rows.append(f"{len(self.groups)} groups, {n} prunable")
+            rows.append(f"{g.index:>5} {g.size:>6}  {'prunable' if g.prunable else 'frozen':<9} "
+                        f"{textwrap.shorten(prods, 60, placeholder=' ...')}")
+            if not g.prunable:
+                rows += textwrap.wrap(g.reason, 72, initial_indent=" " * 15 + "why: ", subsequent_indent=" " * 20)
+        rows.append(f"{len(self.groups)} groups, {len(self.prunable_groups)} prunable")
         return "\n".join(rows)
 
     def summary(self) -> str:

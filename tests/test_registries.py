@@ -5,6 +5,7 @@ A rule registered without a probe here, or a handler without a factory, fails
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import warnings
 
@@ -187,7 +188,16 @@ def _method_call(name: str):
     return lambda y: getattr(y, name)()
 
 
-@pytest.mark.parametrize("fn", list(FUNCTION_RULES), ids=lambda f: f"{getattr(f, '__module__', '')}.{_fn_name(f)}")
+def _resolve(key):
+    """Rules registered by qualified name ("pkg.module.function") resolve to the function."""
+    if not isinstance(key, str):
+        return key
+    module, _, name = key.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("fn", [_resolve(k) for k in FUNCTION_RULES],
+                         ids=lambda f: f"{getattr(f, '__module__', '')}.{_fn_name(f)}")
 def test_every_function_rule_is_exact(fn):
     exact_through(_function_call(fn), exact=_fn_name(fn) not in NORMS_OVER_CHANNELS)
 

@@ -140,12 +140,5 @@ register_method_rule(
 )(elementwise)
 
 
-def _stochastic_depth():
-    try:
-        from torchvision.ops import stochastic_depth
-    except ImportError:  # torchvision is a dependency, but keep the engine importable
-        return
-    register_function_rule(stochastic_depth)(passthrough)
-
-
-_stochastic_depth()
+# by qualified name, so the engine does not import torchvision (seconds) to know this function
+register_function_rule("torchvision.ops.stochastic_depth.stochastic_depth")(passthrough)

@@ -56,7 +56,9 @@ def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
 
 
 def register_function_rule(*functions: object) -> Callable[[Rule], Rule]:
-    """Register a rule for functions called in forward (``torch.cat``, ``operator.add``, yours)."""
+    """Register a rule for functions called in forward (``torch.cat``, ``operator.add``, yours),
+    or for a function by its qualified name (``"package.module.function"``) so that its
+    package need not be imported to register it."""
     return _registrar(FUNCTION_RULES, functions)
 
 
@@ -79,9 +81,12 @@ def module_rule_for(module: nn.Module) -> Rule | None:
 
 def function_rule_for(fn: object) -> Rule | None:
     try:
-        return FUNCTION_RULES.get(fn)
+        rule = FUNCTION_RULES.get(fn)
     except TypeError:  # unhashable target
         return None
+    if rule is None and callable(fn):
+        rule = FUNCTION_RULES.get(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}")
+    return rule
 
 
 def method_rule_for(name: str) -> Rule | None:

@@ -1,0 +1,78 @@
+"""The command line as a user runs it: errors, saving, user models, seeding, data criteria."""
+import re
+
+import pytest
+import torch
+
+import surgery
+from models import create
+from surgery.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("argv, message", [(["prune", "resnet20", "--ratio", "1.5"], "ratio must be in"),
+                                           (["prune", "resnet20", "--criterion", "foo"], "unknown criterion 'foo'"),
+                                           (["prune", "nope"], "unknown model 'nope'"),
+                                           (["prune", "no_such_module:build"], "cannot import")])
+def test_errors_print_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_prune_saves_a_model_that_loads_back_and_says_what_ratio_means(capsys, tmp_path):
+    path = tmp_path / "small.pt"
+    code, out, _ = run(capsys, "prune", "resnet20", "--ratio", "0.5", "--output", str(path), "--seed", "3")
+    assert code == 0 and "removed 50% of each group's channels" in out and "verified" in out
+    back = surgery.load(path, model=create("resnet20"))
+    after = int(re.search(r"params\s+[\d,]+\s+([\d,]+)", out).group(1).replace(",", ""))
+    assert sum(p.numel() for p in back.parameters()) == after
+
+
+def test_runs_are_seeded(capsys, tmp_path):
+    for name in ("a.pt", "b.pt"):
+        assert run(capsys, "prune", "resnet20", "--output", str(tmp_path / name))[0] == 0
+    a, b = (torch.load(tmp_path / n, weights_only=True)["state_dict"] for n in ("a.pt", "b.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_user_model_from_a_file_with_weights(capsys, tmp_path):
+    src = tmp_path / "net.py"
+    src.write_text("import torch.nn as nn\n"
+                   "def build(num_classes=10):\n"
+                   "    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),\n"
+                   "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))\n")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("net", src)
+    net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(net)
+    torch.save(net.build().state_dict(), tmp_path / "w.pt")
+    code, out, _ = run(capsys, "prune", f"{src}:build", "--weights", str(tmp_path / "w.pt"), "--global",
+                       "--iterative-steps", "2")
+    assert code == 0 and "ranked globally" in out
+
+
+def test_data_criterion_from_the_command_line(capsys):
+    code, out, err = run(capsys, "prune", "resnet20", "--criterion", "taylor", "--data", "digits", "--max-batches", "2")
+    assert code == 0, err
+    code, _, err = run(capsys, "prune", "resnet20", "--criterion", "taylor")
+    assert code == 2 and "needs data" in err
+
+
+def test_target_flops_from_the_command_line(capsys):
+    code, out, _ = run(capsys, "prune", "resnet20", "--target-flops", "0.5")
+    kept = float(re.search(r"FLOPs\s+[\d,]+\s+[\d,]+\s+([\d.]+)%", out).group(1))
+    assert code == 0 and abs(kept - 50) < 2.5
+
+
+def test_python_dash_m_surgery_and_version():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "surgery", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("torch-surgery ")
+    helptext = subprocess.run([sys.executable, "-m", "surgery", "--help"], capture_output=True, text=True).stdout
+    assert "``" not in helptext and "Examples:" in helptext
