@@ -116,6 +116,20 @@ def sum_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(output, target, reduction="sum")
 
 
+def as_batches(data: Any, batch_size: int = 32) -> Iterable:
+    """What calibration iterates: a DataLoader or list of batches as given; a map-style
+    ``Dataset`` (e.g. ``TensorDataset``) of single samples wrapped in a DataLoader; a bare
+    tensor taken as one batch of inputs (no labels)."""
+    if isinstance(data, torch.Tensor):
+        return [data]
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    if not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be a DataLoader, a Dataset, a list of (inputs, targets) batches or a tensor "
+                        f"batch; got {type(data).__name__}")
+    return data
+
+
 def run_batches(model: nn.Module, data: Iterable, *, max_batches: int | None = None,
                 forward_fn: Callable | None = None, loss_fn: Callable | None = None,
                 backward: bool = False, device: Any = None, on_batch: Callable | None = None,
@@ -127,6 +141,7 @@ def run_batches(model: nn.Module, data: Iterable, *, max_batches: int | None = N
     """
     if data is None:
         raise ValueError("this criterion needs data: pass data=<DataLoader or list of (inputs, targets)>")
+    data = as_batches(data)
     loss_fn = loss_fn or sum_cross_entropy
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):

@@ -32,9 +32,10 @@ def kmeans_removal(labels: np.ndarray, scores: torch.Tensor, n: int) -> torch.Te
     clusters = [sorted(np.nonzero(labels == c)[0].tolist(), key=lambda i: (s[i], i)) for c in np.unique(labels)]
     multi = [c for c in clusters if len(c) > 1]
     capacity = sum(len(c) - 1 for c in multi)
-    if n > capacity:
-        raise ValueError(f"k-means: only {capacity} of {len(s)} channels can go without emptying a "
-                         f"cluster or touching a singleton, but {n} must; use a smaller k")
+    if n > capacity:  # the quotas cannot be met: keep one per cluster as long as possible, rest by score
+        first = kmeans_removal(labels, scores, capacity).tolist() if capacity else []
+        rest = sorted(set(range(len(s))) - set(first), key=lambda i: (s[i], i))[: n - capacity]
+        return torch.tensor(sorted(first + rest), dtype=torch.long)
     total = sum(len(c) for c in multi)
     removed, left = [], []
     for c in multi:
@@ -50,7 +51,14 @@ def kmeans_removal(labels: np.ndarray, scores: torch.Tensor, n: int) -> torch.Te
 
 def cluster_filters(features: np.ndarray, k: int | None, pca: float | None = None, seed: int = 0,
                     max_k: int = 10) -> np.ndarray:
-    """Cluster labels of the rows of ``features``; ``k=None`` picks k by silhouette score."""
+    """Cluster labels of the rows of ``features``; ``k=None`` picks k by silhouette score.
+    scikit-learn's threads are limited to torch's thread count (threadpoolctl)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=torch.get_num_threads()):
+        return _cluster(features, k, pca, seed, max_k)
+
+
+def _cluster(features: np.ndarray, k: int | None, pca: float | None, seed: int, max_k: int) -> np.ndarray:
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.metrics import silhouette_score
@@ -82,13 +90,16 @@ class KMeansCriterion(Wrapper):
     """Cluster-aware removal on top of a base criterion (``base="l1"`` gives K-L1).
 
     Args:
-        k: clusters per layer: an int, a dict {layer name: k} (other layers automatic),
-            or None to choose k by silhouette score.
+        k: clusters per layer: an int (default 2: one fit per layer, fast), a dict
+            {layer name: k} (other layers automatic), or "auto"/None to choose k by
+            silhouette score (a fit per candidate k: slow on wide layers).
         base: the criterion ranking channels inside a cluster (a name or an object).
         pca: keep this fraction of variance with PCA before clustering (None: no PCA).
         seed: random state of KMeans (and PCA), so results are deterministic.
 
-    ``score`` returns the base criterion's scores; ``select`` applies the clustering.
+    ``score`` returns the base criterion's scores; ``select`` applies the clustering. When
+    more channels must go than the clusters can give without emptying one, the rest are
+    taken by the base criterion (with a warning, once).
 
     Example:
         >>> import torch.nn as nn
@@ -96,10 +107,15 @@ class KMeansCriterion(Wrapper):
         4
     """
 
-    def __init__(self, k: int | dict | None = None, base: Any = "l1", pca: float | None = None,
+    def __init__(self, k: int | dict | str | None = 2, base: Any = "l1", pca: float | None = None,
                  seed: int = 0, max_k: int = 10) -> None:
         super().__init__(get(base))
+        if k == "auto":
+            k = None
+        if not (k is None or isinstance(k, dict) or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
+            raise ValueError(f"k must be a positive int, a dict {{layer name: k}}, or 'auto' (silhouette search); got {k!r}")
         self.k, self.pca, self.seed, self.max_k = k, pca, seed, max_k
+        self._fell_back = False
 
     def select(self, target, n: int) -> torch.Tensor:
         view = self.view_of(target)
@@ -109,6 +125,12 @@ class KMeansCriterion(Wrapper):
         parts = view.producers or view.per_channel
         features = torch.cat([p.detach().double().cpu() for p in parts], 1).numpy()
         labels = cluster_filters(features, self._k_for(view), self.pca, self.seed, self.max_k)
+        capacity = sum(c - 1 for c in np.bincount(labels) if c > 1)
+        if n > capacity and not self._fell_back:
+            self._fell_back = True
+            warnings.warn(f"kmeans: {n} of {len(labels)} channels must go but only {capacity} can without emptying a "
+                          f"cluster; the rest are taken by the base criterion ({type(self.base).__name__}). Said once.",
+                          stacklevel=2)
         return kmeans_removal(labels, scores, n)
 
     def _k_for(self, view: GroupView) -> int | None:

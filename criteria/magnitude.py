@@ -44,8 +44,9 @@ class BNScale(WeightCriterion):
     def parts(self, view: GroupView) -> list:
         parts = [p for p in view.per_channel if p.shape[1] == 1]
         if not parts:
-            raise ValueError("bn_scale: this channel group has no BatchNorm (per-channel scale); "
-                             "use another criterion or add BatchNorm layers")
+            layers = ", ".join(view.names.get("producer", []) or [n for ns in view.names.values() for n in ns])
+            raise ValueError(f"bn_scale: the channels of {layers or 'this layer'} have no BatchNorm (per-channel "
+                             f"scale); use another criterion (l1) for them, or add them to ignored_layers")
         return parts
 
     def score_part(self, weights: torch.Tensor) -> torch.Tensor:

@@ -23,18 +23,22 @@ class OCAP(DataCriterion):
     channel any image keeps; ``mode="frequency"`` (OCAP-FR) keeps those kept by at least a
     ``threshold`` fraction of the images. The score is that frequency.
 
-    The data decides how many channels each group loses (``decides_count``); through
-    ``surgery.prune`` the ``ratio`` caps it. The first ``skip_first`` conv/linear layers
+    In ``union`` and ``frequency`` modes the data decides how many channels each group
+    loses (``decides_count``) and ``surgery.prune``'s ``ratio`` caps it. ``mode="target"``
+    ranks channels by that frequency and removes exactly the ratio (the class-aware
+    project's "prune VGG-16 to 85%"). The first ``skip_first`` conv/linear layers
     are kept whole. ``surgery.keep_classes`` cuts the classifier down to the classes.
     """
     needs_labels = True
-    decides_count = True
 
     def __init__(self, classes=None, mode: str = "union", keep_fraction: float = 0.5,
                  threshold: float = 0.5, slope: float = 0.01, skip_first: int = 0) -> None:
         super().__init__()
-        if mode not in ("union", "frequency"):
-            raise ValueError(f"mode must be 'union' or 'frequency', got {mode!r}")
+        if mode not in ("union", "frequency", "target"):
+            raise ValueError(f"mode must be 'union', 'frequency' or 'target', got {mode!r}")
+        if mode == "target" and skip_first:
+            raise ValueError("ocap: skip_first applies to the data-decided modes; with mode='target' keep "
+                             "those layers whole with ignored_layers")
         if not 0.0 < keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
         self.classes = None if classes is None else sorted(int(c) for c in classes)
@@ -70,7 +74,13 @@ class OCAP(DataCriterion):
             keep[int(scores.argmax())] = True
         return keep
 
+    @property
+    def decides_count(self) -> bool:
+        return self.mode != "target"
+
     def select(self, target, n):
+        if self.mode == "target":
+            return super().select(target, n)  # the n least used channels
         view = target if isinstance(target, GroupView) else None
         scores = self.score(target)
         if view is not None and any(id(m) in self._skipped for m in view.modules.get("producer", [])):

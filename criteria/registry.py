@@ -7,9 +7,20 @@ from typing import Any, Callable
 from criteria.base import Criterion
 from criteria.normalize import Normalized
 
-__all__ = ["CRITERIA", "register", "get", "available"]
+__all__ = ["CRITERIA", "ALIASES", "register", "get", "available", "canonical"]
 
 CRITERIA: dict[str, type] = {}
+ALIASES = {  # the names users of other tools type -> canonical names
+    "l1norm": "l1", "l1_norm": "l1", "magnitude": "l1", "weight_magnitude": "l1", "l2norm": "l2", "l2_norm": "l2",
+    "slimming": "bn_scale", "network_slimming": "bn_scale", "bn": "bn_scale", "bn_gamma": "bn_scale",
+    "geometric_median": "fpgm", "k_means": "kmeans", "k_l1": "kmeans", "taylor_fo": "taylor", "class_aware": "ocap",
+}
+
+
+def canonical(name: str) -> str:
+    """``"L1norm"``, ``"Magnitude"``, ``"l1-norm"`` -> ``"l1"``: case and dashes ignored, aliases resolved."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    return ALIASES.get(key, key)
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -39,10 +50,12 @@ def get(criterion: Any, **options: Any):
     """
     normalize = options.pop("normalize", None)
     if isinstance(criterion, str):
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; available: {', '.join(available())}. "
-                             f"Register your own with @criteria.register(name).")
-        obj = CRITERIA[criterion](**options)
+        name = canonical(criterion)
+        if name not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; available: {', '.join(available())} "
+                             f"(aliases: {', '.join(sorted(ALIASES))}). Register your own with "
+                             f"@criteria.register(name).")
+        obj = CRITERIA[name](**options)
     elif isinstance(criterion, Criterion):
         if options:
             raise ValueError("options are only accepted with a criterion name, not an object "

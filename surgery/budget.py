@@ -9,7 +9,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -92,6 +94,47 @@ class PruneConfig:
             raise ValueError(f"normalize must be one of none, mean, max, lamp; got {self.normalize!r}")
         return self
 
+    def to_dict(self) -> dict:
+        """Plain values (layers by name; a criterion object or callable schedule cannot be
+        written and raises): what ``from_dict`` and YAML files hold."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("criterion", "schedule") and not isinstance(v, str):
+                raise ValueError(f"{f.name}={v!r} is an object; only names can be written to a config file")
+            if isinstance(v, tuple):
+                v = list(v)
+            if f.name == "ratios":
+                v = {k if isinstance(k, str) else repr(k): r for k, r in v.items()}
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PruneConfig":
+        """A validated config from plain values; an unknown key raises naming the closest one."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a PruneConfig is read from a dict, got {type(data).__name__}")
+        known = cls.fields()
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+                raise ValueError(f"unknown PruneConfig key {key!r}{hint}")
+        values = {k: tuple(v) if k in ("ignored_layers", "leaf_modules") else v for k, v in data.items()}
+        return cls(**values).validate()
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "PruneConfig":
+        """``PruneConfig.from_dict`` of a YAML file (PyYAML)."""
+        import yaml
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(yaml.safe_load(f) or {})
+
+    def to_yaml(self, path: str) -> None:
+        import yaml
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
     @property
     def target(self) -> float | None:
         return self.target_flops if self.target_flops is not None else self.target_params
@@ -125,8 +168,27 @@ class Budget:
         self._orig: dict = {}  # group anchor (name, role) -> size before any step
 
     def remember(self, graph: ChannelGraph) -> None:
+        first = not self._orig
         for g in graph.prunable_groups:
             self._orig.setdefault(_key(g), g.size)
+        if first:
+            self._warn_unused(graph)
+
+    def _warn_unused(self, graph: ChannelGraph) -> None:
+        """Options that would silently do nothing on this model say so (once)."""
+        c = self.config
+        if c.normalize == "lamp" and not c.global_pruning and c.normalize != PruneConfig.normalize:
+            warnings.warn("normalize='lamp' only changes how groups are ranked against each other: it has "
+                          "no effect without global_pruning=True", stacklevel=5)
+        for name in self._ratios:
+            inside = [g for g in graph.groups for m in (g.producers or g.members)
+                      if m.name == name or m.name.startswith(name + ".") or name == ""]
+            if inside and not any(g.prunable for g in inside):
+                reason = next(g.reason for g in inside)
+                warnings.warn(f"ratios[{name!r}] has no effect: the channels of {name!r} are frozen ({reason})",
+                              stacklevel=5)
+            elif not inside:
+                warnings.warn(f"ratios[{name!r}] has no effect: no channel group is produced there", stacklevel=5)
 
     def counts(self, graph: ChannelGraph, ratio: float, step: int, scorer: _criteria.Criterion) -> dict:
         fixed, pooled = {}, []

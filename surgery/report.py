@@ -33,14 +33,13 @@ class Report:
 
     def table(self, changed_only: bool = True) -> str:
         rows = [r for r in self.layers if not changed_only or r.channels[0] != r.channels[1]]
-        w = max([len(r.name) for r in rows] + [5])
-        head = f"{'layer':<{w}}  {'type':<12}{'channels':>13}{'params':>23}{'FLOPs':>27}"
-        out = [head, "-" * len(head)]
-        for r in rows:
-            out.append(f"{r.name:<{w}}  {r.type:<12}{_pair(r.channels):>13}{_pair(r.params):>23}{_pair(r.flops):>27}")
-        out.append("-" * len(head))
-        out.append(f"{'total':<{w}}  {'':<12}{'':>13}{_pair(self.params, pct=True):>23}{_pair(self.flops, pct=True):>27}")
-        return "\n".join(out)
+        cells = [[r.name, r.type, _pair(r.channels), _pair(r.params), _pair(r.flops)] for r in rows]
+        total = ["total", "", "", _pair(self.params, pct=True), _pair(self.flops, pct=True)]
+        head = ["layer", "type", "channels", "params", "FLOPs"]
+        widths = [max(len(c[i]) for c in cells + [total, head]) for i in range(5)]
+        line = lambda c: "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths)))
+        rule = "-" * (sum(widths) + 8)
+        return "\n".join([line(head), rule] + [line(c) for c in cells] + [rule, line(total)])
 
     def __str__(self) -> str:
         return self.table()

@@ -26,7 +26,9 @@ _CONV = nn.modules.conv._ConvNd
 
 @dataclass
 class SparsityReport:
-    """Zero fraction of each layer's effective weight and over all of them."""
+    """Zero fraction of each Conv/Linear layer's effective weight, and ``overall``: zeros over
+    all Conv and Linear weights of the model (one definition for ``sparsify`` and
+    ``sparsity_report``; layers a granularity does not touch count with their zeros)."""
     layers: dict  # name -> (zeros, total)
 
     @property
@@ -95,8 +97,10 @@ def _masks(chosen: list, ratio: float, granularity: str) -> dict:
 
 
 def sparsify(model: nn.Module, ratio: float, granularity: str = "weight",
-             layers: Iterable | None = None) -> SparsityReport:
-    """Zero the ``ratio`` fraction of weights (in place, with masks) and report sparsity.
+             layers: Iterable | None = None, *, dry_run: bool = False) -> SparsityReport:
+    """Zero the ``ratio`` fraction of weights (in place, with masks) and report sparsity over
+    the model's Conv and Linear weights. ``dry_run=True`` reports what the masks would give
+    and changes nothing.
 
     Example:
         >>> import torch.nn as nn
@@ -106,12 +110,22 @@ def sparsify(model: nn.Module, ratio: float, granularity: str = "weight",
     """
     ratio = check_ratio(ratio)
     chosen = _layers(model, granularity, layers)
+    masks = {}
     for n, mask in _masks(chosen, ratio, granularity).items():
         module = model.get_submodule(n)
         if tprune.is_pruned(module) and hasattr(module, "weight_mask"):
             mask = mask & module.weight_mask.bool()  # masks accumulate
+        masks[n] = mask
+    if dry_run:
+        report = sparsity_report(model)
+        for n, mask in masks.items():
+            w = model.get_submodule(n).weight.detach()
+            report.layers[n] = (int(((w == 0) | ~mask.to(w.device)).sum()), w.numel())
+        return report
+    for n, mask in masks.items():
+        module = model.get_submodule(n)
         tprune.custom_from_mask(module, "weight", mask.to(module.weight.device))
-    return sparsity_report(model, [n for n, _ in chosen])
+    return sparsity_report(model)
 
 
 def make_permanent(model: nn.Module) -> nn.Module:

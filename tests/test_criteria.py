@@ -104,8 +104,21 @@ def test_kmeans_removal_quotas_round_robin_and_singletons():
     removed = kmeans_removal(labels, scores, 4).tolist()
     # quotas floor(4*6/9)=2 and floor(4*3/9)=1, then one round-robin removal from cluster 0
     assert removed == [0, 1, 2, 6]
-    with pytest.raises(ValueError, match="smaller k"):
-        kmeans_removal(labels, scores, 8)
+    # 8 must go but the clusters can give 7 (6 - 1 and 3 - 1): those 7, then the base criterion's lowest
+    over = kmeans_removal(labels, scores, 8).tolist()
+    assert len(over) == 8 and set(kmeans_removal(labels, scores, 7).tolist()) < set(over)
+
+
+def test_kmeans_never_fails_on_ordinary_layers_and_warns_once_when_it_falls_back():
+    conv = conv_with(torch.randn(16, 3, 3, 3, generator=GEN))
+    crit = KMeansCriterion(k=8)
+    with pytest.warns(UserWarning, match="base criterion"):
+        first = crit.select(conv, 14)
+    assert len(set(first.tolist())) == 14
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crit.select(conv, 14)  # said once
 
 
 def test_kmeans_with_duplicated_filters_keeps_one_per_cluster():
@@ -127,8 +140,8 @@ def test_kmeans_with_k1_equals_the_base_criterion():
 
 def test_kmeans_is_deterministic_and_chooses_k_automatically():
     conv = conv_with(torch.randn(20, 3, 3, 3, generator=GEN))
-    a = KMeansCriterion(pca=0.8, seed=1).select(conv, 8)
-    b = KMeansCriterion(pca=0.8, seed=1).select(conv, 8)
+    a = KMeansCriterion(k="auto", pca=0.8, seed=1).select(conv, 8)
+    b = KMeansCriterion(k="auto", pca=0.8, seed=1).select(conv, 8)
     assert torch.equal(a, b) and len(set(a.tolist())) == 8
 
 
