@@ -1,5 +1,7 @@
+"""``python -m surgery``: the command line."""
 import sys
 
 from surgery.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

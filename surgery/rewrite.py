@@ -172,6 +172,9 @@ def _patched_graph(graph: ChannelGraph, removed: np.ndarray):
     if not edits:
         return None
     g = copy.deepcopy(graph.gm.graph)
+    for n in g.nodes:  # analysis results hold references to nodes; the returned module needs none
+        for key in [k for k in n.meta if k.startswith("surgery.")]:
+            del n.meta[key]
     nodes = {n.name: n for n in g.nodes}
     for p, value in edits:
         node = nodes[p.node]

@@ -49,7 +49,7 @@ def test_flatten_maps_each_channel_to_hw_features():
 
 def test_summary_returns_a_table(x32):
     out = surgery.trace(create("resnet20").double(), x32).summary()
-    assert "prunable" in out and "frozen: reaches the model output" in out
+    assert "prunable" in out and "why: reaches the model output" in out
 
 
 def test_untraceable_model_names_module_line_and_fix():
