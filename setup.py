@@ -15,7 +15,9 @@ setup(
         "scikit-learn",
         "fvcore",
         "tqdm",
+        "threadpoolctl",
+        "pyyaml",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis", "timm"]},
     entry_points={"console_scripts": ["surgery=surgery.cli:main"]},
 )

@@ -3,7 +3,7 @@
 Uses scikit-learn's bundled 8x8 digits (upsampled to 16x16, 3 channels) and the
 CIFAR-style ResNet-20 from ``models``, so it runs offline on CPU (README has the time).
 
-    python examples/quickstart.py [--epochs 8] [--ratio 0.5]
+    python examples/quickstart.py [--epochs 12] [--ratio 0.5]
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def accuracy(model: nn.Module, data) -> float:
 
 def main(argv: list | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--ratio", type=float, default=0.5)
     args = p.parse_args(argv)
     torch.manual_seed(0)
