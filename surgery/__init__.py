@@ -34,7 +34,6 @@ __all__ = ["trace", "prune", "Pruner", "PruneConfig", "Surgeon", "Plan", "apply_
 # old top-level names -> (module, attribute); kept for one release with a DeprecationWarning
 _DEPRECATED = {
     "apply": ("surgery.replay", "apply_plan"), "oracle": ("surgery.testing", None),
-    "rewrite": ("surgery.rewrite", "rewrite"),
     "remove_filters": ("surgery.layers", "remove_filters"), "remove_bn": ("surgery.layers", "remove_bn"),
     "remove_kernels": ("surgery.layers", "remove_kernels"),
     "sparsify": ("surgery.sparsity", "sparsify"), "make_permanent": ("surgery.sparsity", "make_permanent"),

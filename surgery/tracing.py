@@ -216,7 +216,10 @@ class _Recorder(fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as err:
-            shapes = [tuple(a.shape) for a in self.args_of(n) if isinstance(a, torch.Tensor)]
+            try:
+                shapes = [tuple(a.shape) for a in self.args_of(n) if isinstance(a, torch.Tensor)]
+            except Exception:  # values already freed: report the error without shapes
+                shapes = "unknown"
             raise _NodeFailure(
                 f"running node '{n.name}' ({n.op} {getattr(n.target, '__name__', n.target)}) "
                 f"on the example inputs failed with input shapes {shapes}: {err}\n"
