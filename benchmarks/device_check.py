@@ -1,9 +1,10 @@
-"""Prune on CUDA: devices kept, verification on the GPU, Surgeon and a timm model; prints a table.
+"""Prune on a device (CUDA by default): devices kept, verification there, Surgeon; prints a table.
 
-    python benchmarks/cuda_check.py
+    python benchmarks/device_check.py [--device cuda|cpu]
 """
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 
@@ -14,19 +15,23 @@ import surgery
 
 
 def main() -> None:
-    if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device")
-    dev = torch.device("cuda")
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.cuda.get_device_name()}")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    dev = torch.device(p.parse_args().device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device (use --device cpu)")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    where = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {where}")
     warnings.simplefilter("ignore")
     for name in ("resnet18", "mobilenet_v2", "densenet121", "vit_b_16"):
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, weights=None).eval().to(dev)
         x = torch.randn(2, 3, 224, 224, device=dev)
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         pruned = surgery.prune(model, x, ratio=0.5)
-        torch.cuda.synchronize()
+        sync()
         elapsed = time.perf_counter() - t
         devices = {p.device.type for p in pruned.parameters()} | {b.device.type for b in pruned.buffers()}
         with torch.no_grad():
