@@ -1,11 +1,8 @@
-"""Reference architectures for examples, tests and benchmarks.
+"""``import models`` is ``surgery.models`` (the code lives in surgery/models/).
 
-Example:
-    >>> import models
-    >>> models.available()
-    ['resnet20', 'resnet56', 'vgg16_bn']
+Installed this way so that a file named ``models.py`` in a user's working directory
+cannot break ``import surgery``; see surgery/aliases.py.
 """
-from models.registry import MODELS, available, create, register_model
-from models import resnet_cifar, vgg  # noqa: F401  (registration)
+from surgery.aliases import alias_package
 
-__all__ = ["MODELS", "available", "create", "register_model"]
+alias_package(__name__, "surgery.models")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch.nn as nn
 
-import criteria as _criteria
+import surgery.criteria as _criteria
 from surgery.groups import ChannelGraph, Group
 from surgery.inputs import layer_names
 from surgery.selection import group_view

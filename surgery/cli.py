@@ -13,10 +13,6 @@ num_classes=N when it accepts it). --weights loads a state_dict (weights_only=Tr
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import inspect
-import os
 import sys
 import warnings
 
@@ -34,51 +30,11 @@ class CliError(Exception):
 
 def build_model(spec: str, num_classes: int) -> nn.Module:
     """The model named by ``spec`` (see the module docstring), random weights."""
-    if spec.startswith("torchvision:"):
-        import torchvision
-        name = spec.split(":", 1)[1]
-        if name not in torchvision.models.list_models(module=torchvision.models):
-            raise CliError(f"unknown torchvision model {name!r}")
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    if spec.startswith("timm:"):
-        try:
-            import timm
-        except ImportError:
-            raise CliError("timm:NAME needs timm: pip install timm") from None
-        name = spec.split(":", 1)[1]
-        if not timm.is_model(name):
-            raise CliError(f"unknown timm model {name!r}")
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
-    if ":" in spec:
-        return _from_function(spec, num_classes)
-    import models
+    from surgery.architectures import build
     try:
-        return models.create(spec, num_classes=num_classes)
+        return build(spec, num_classes=num_classes)
     except ValueError as err:
-        raise CliError(f"{err}; or give torchvision:NAME, timm:NAME or module:function") from None
-
-
-def _from_function(spec: str, num_classes: int) -> nn.Module:
-    where, _, fn_name = spec.rpartition(":")
-    if where.endswith(".py"):
-        if not os.path.exists(where):
-            raise CliError(f"no such file: {where}")
-        module_spec = importlib.util.spec_from_file_location("_surgery_user_model", where)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as err:
-            raise CliError(f"cannot import {where!r} ({err}); is it on PYTHONPATH?") from None
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise CliError(f"{where} has no function {fn_name!r}")
-    takes = "num_classes" in inspect.signature(fn).parameters
-    model = fn(num_classes=num_classes) if takes else fn()
-    if not isinstance(model, nn.Module):
-        raise CliError(f"{spec} returned {type(model).__name__}, not an nn.Module")
-    return model
+        raise CliError(str(err)) from None
 
 
 def _shape(text: str) -> tuple:
@@ -165,8 +121,8 @@ def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
     for name, a, b in rows:
         print(f"{name:8}{a:>14,}{b:>14,}{b / a:>8.1%}")
     if args.output:
-        surgery.save(pruned, args.output)
-        print(f"saved to {args.output} (surgery.load({args.output!r}, model=<a fresh {type(model).__name__}>))")
+        surgery.save(pruned, args.output, architecture={"name": args.model, "num_classes": args.num_classes})
+        print(f"saved to {args.output} (surgery.load({args.output!r}) rebuilds it)")
     return 0
 
 

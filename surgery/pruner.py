@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch.nn as nn
 
-import criteria as _criteria
+import surgery.criteria as _criteria
 from surgery.budget import Budget, PruneConfig, check_ratio, scheduled
 from surgery.groups import ChannelGraph
 from surgery.history import record

@@ -1,8 +1,9 @@
 """Save and load pruned models without pickled code.
 
-``save`` writes the plans that produced the model (JSON text) and its ``state_dict``;
-``load`` replays the plans on a fresh instance of the architecture, then loads the
-weights with ``torch.load(weights_only=True)``.
+``save`` writes the plans that produced the model (JSON text), its ``state_dict`` and,
+when given, how to build the architecture (a spec for :func:`surgery.architectures.build`);
+``load`` replays the plans on a fresh instance of the architecture (yours, or one built
+from the stored spec), then loads the weights with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from surgery.architectures import build
 from surgery.history import history
 from surgery.plan import Plan
 from surgery.replay import apply_plan
@@ -23,8 +25,13 @@ __all__ = ["save", "load"]
 FORMAT, VERSION = "torch-surgery-model", 1
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> None:
+def save(model: nn.Module, path: str | os.PathLike, *, architecture: str | dict | None = None) -> None:
     """Write ``model``'s pruning history and weights to ``path``.
+
+    ``architecture`` records how to build the unpruned model, so that ``load`` needs no
+    ``model=``: a spec string (``"resnet20"``, ``"torchvision:resnet50"``, ``"timm:NAME"``,
+    ``"my_pkg.nets:build"``) or a dict ``{"name": spec, **keyword arguments}``
+    (``{"name": "resnet20", "num_classes": 100}``). It is stored as JSON, not code.
 
     Example:
         >>> import os, tempfile, torch, surgery
@@ -36,21 +43,29 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         >>> back = surgery.load(path, model=create("resnet20"))
         >>> bool(torch.equal(back.eval()(x), small.eval()(x)))
         True
+        >>> surgery.save(small, path, architecture="resnet20")
+        >>> bool(torch.equal(surgery.load(path).eval()(x), small.eval()(x)))
+        True
     """
+    spec = _architecture(architecture)
     torch.save({"format": FORMAT, "version": VERSION, "history": json.dumps(history(model)),
-                "state_dict": model.state_dict()}, path)
+                "architecture": json.dumps(spec), "state_dict": model.state_dict()}, path)
 
 
-def load(path: str | os.PathLike, model: nn.Module, *, example_inputs: Any = None,
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, example_inputs: Any = None,
          map_location: Any = None) -> nn.Module:
-    """Rebuild the pruned model saved at ``path`` from ``model``, a fresh instance of the
-    same architecture (edited in place; its weights are replaced). No pickled code is
-    executed. On any error ``model`` is left exactly as it was."""
-    if not isinstance(model, nn.Module):
-        raise TypeError("load needs model=<a fresh instance of the saved architecture> (e.g. "
-                        "torchvision.models.resnet50() or models.create('resnet20')); the file holds "
-                        "plans and weights, not code")
+    """Rebuild the pruned model saved at ``path``.
+
+    ``model`` is a fresh instance of the saved architecture (edited in place; its weights
+    are replaced); leave it out when the file was saved with ``architecture=`` and it is
+    built from that spec. No pickled code is executed. On any error ``model`` is left
+    exactly as it was."""
     data = _read(path, map_location)
+    if model is None:
+        model = _build_saved(path, data)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module (a fresh instance of the saved architecture), "
+                        f"got {type(model).__name__}")
     with transaction(model):
         for text in json.loads(data["history"]):
             model = apply_plan(model, Plan.from_json(text), example_inputs=example_inputs, inplace=True)
@@ -60,6 +75,30 @@ def load(path: str | os.PathLike, model: nn.Module, *, example_inputs: Any = Non
             raise ValueError(f"the weights in {path} do not fit this model after replaying its plans: "
                              f"pass a fresh instance of the architecture that was saved ({err})") from None
     return model
+
+
+def _architecture(architecture: str | dict | None) -> dict | None:
+    if architecture is None:
+        return None
+    spec = {"name": architecture} if isinstance(architecture, str) else dict(architecture)
+    if not isinstance(spec.get("name"), str):
+        raise TypeError("architecture must be a spec string or a dict with a 'name' spec string, "
+                        f"got {architecture!r}")
+    try:
+        json.dumps(spec)
+    except TypeError as err:
+        raise TypeError(f"architecture's keyword arguments must be JSON values ({err})") from None
+    return spec
+
+
+def _build_saved(path: str | os.PathLike, data: dict) -> nn.Module:
+    spec = json.loads(data.get("architecture") or "null")
+    if spec is None:
+        raise TypeError(f"{path} does not say how to build its architecture: pass model=<a fresh instance> "
+                        "(e.g. torchvision.models.resnet50() or models.create('resnet20')), or save with "
+                        "surgery.save(model, path, architecture='resnet20') next time")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    return build(spec["name"], **kwargs)
 
 
 def _read(path: str | os.PathLike, map_location: Any) -> dict:
@@ -74,6 +113,8 @@ def _read(path: str | os.PathLike, map_location: Any) -> dict:
     if data.get("version") != VERSION:
         raise ValueError(f"{path} has format version {data.get('version')!r}; this torch-surgery reads "
                          f"version {VERSION} (upgrade torch-surgery to read it)")
+    if not isinstance(data.get("architecture", ""), (str, type(None))):
+        raise ValueError(f"{path} is malformed: its architecture is not JSON text")
     if not isinstance(data.get("history"), str) or not isinstance(data.get("state_dict"), dict):
         raise ValueError(f"{path} is malformed: it lacks its history or state_dict")
     try:

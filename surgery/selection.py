@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from criteria.base import Criterion, GroupView, n_remove
+from surgery.criteria.base import Criterion, GroupView, n_remove
 from surgery.groups import ChannelGraph, Group, Kind, Member
 from surgery.handlers import handler_for
 

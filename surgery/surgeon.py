@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import criteria as _criteria
+import surgery.criteria as _criteria
 from surgery.groups import ChannelGraph, Group
 from surgery.history import record
 from surgery.inputs import layer_name

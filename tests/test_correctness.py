@@ -426,3 +426,21 @@ def test_a_plan_asking_for_a_huge_input_is_refused():
     plan.inputs = [{"shape": [100000, 3, 1024, 1024], "dtype": "float32"}]
     with pytest.raises(ValueError, match="elements"):
         surgery.apply_plan(_small(), plan)
+
+
+def test_load_without_model_builds_the_saved_architecture_or_says_how(tmp_path):
+    from surgery.models import create
+    torch.manual_seed(0)
+    model = create("resnet20", num_classes=7)
+    x = torch.randn(2, 3, 32, 32)
+    small = surgery.prune(model, x, ratio=0.5)
+    surgery.save(small, tmp_path / "with.pt", architecture={"name": "resnet20", "num_classes": 7})
+    back = surgery.load(tmp_path / "with.pt")
+    assert type(back) is type(small) and torch.equal(back.eval()(x), small.eval()(x))
+    surgery.save(small, tmp_path / "without.pt")
+    with pytest.raises(TypeError, match="architecture='resnet20'"):
+        surgery.load(tmp_path / "without.pt")
+    with pytest.raises(TypeError, match="architecture must be"):
+        surgery.save(small, tmp_path / "bad.pt", architecture={"num_classes": 7})
+    with pytest.raises(ValueError, match="unknown model"):
+        surgery.save(small, tmp_path / "typo.pt", architecture="resnet21") or surgery.load(tmp_path / "typo.pt")

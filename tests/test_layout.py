@@ -63,11 +63,42 @@ def test_import_graph_between_modules_has_no_cycle():
     assert cycles == []
 
 
+def _inside(name, package):
+    return name == package or name.startswith(package + ".")
+
+
 def test_criteria_does_not_import_the_engine_or_the_models():
     edges, _ = _graph()
-    bad = {(m, n) for m, ns in edges.items() if m.startswith("criteria") for n in ns
-           if n.split(".")[0] in ("surgery", "models")}
+    bad = {(m, n) for m, ns in edges.items() if _inside(m, "surgery.criteria") for n in ns
+           if not _inside(n, "surgery.criteria")}
     assert bad == set()
+
+
+def test_the_engine_does_not_import_the_models():
+    edges, _ = _graph()
+    bad = {(m, n) for m, ns in edges.items() if not _inside(m, "surgery.models") for n in ns
+           if _inside(n, "surgery.models") or n.split(".")[0] == "models"}
+    assert bad == set()
+
+
+def test_short_names_are_the_same_modules_and_cannot_be_shadowed(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "criteria.py").write_text("MINE = True\n")
+    (tmp_path / "models.py").write_text("MINE = True\n")
+    code = ("import surgery, torch, criteria, models\n"
+            "assert criteria.MINE and models.MINE\n"
+            "from surgery.models import create\n"
+            "small = surgery.prune(create('resnet20'), torch.randn(1, 3, 32, 32), ratio=0.5)\n"
+            "print(len(surgery.criteria.available()))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    import criteria
+    import models
+    import surgery.criteria.kmeans
+    from criteria.kmeans import KMeansCriterion
+    assert criteria is surgery.criteria and models is surgery.models
+    assert KMeansCriterion is surgery.criteria.kmeans.KMeansCriterion
 
 
 def test_deprecated_names_still_work_with_a_warning():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import register_model
+from surgery.models.registry import register_model
 
 __all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet56"]
 

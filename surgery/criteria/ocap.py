@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from criteria.base import GroupView
-from criteria.data import DataCriterion, per_unit
-from criteria.registry import register
+from surgery.criteria.base import GroupView
+from surgery.criteria.data import DataCriterion, per_unit
+from surgery.criteria.registry import register
 
 __all__ = ["OCAP"]
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from criteria.base import GroupView, Wrapper
-from criteria.registry import get, register
+from surgery.criteria.base import GroupView, Wrapper
+from surgery.criteria.registry import get, register
 
 __all__ = ["KMeansCriterion", "kmeans_removal", "cluster_filters"]
 

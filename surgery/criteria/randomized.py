@@ -5,8 +5,8 @@ import hashlib
 
 import torch
 
-from criteria.base import Criterion, GroupView
-from criteria.registry import register
+from surgery.criteria.base import Criterion, GroupView
+from surgery.criteria.registry import register
 
 __all__ = ["Random"]
 

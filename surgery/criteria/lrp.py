@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from criteria.calibration import HOOKABLE, Stats, channel_dim, hooked, per_channel_view, run_batches
-from criteria.data import DataCriterion, _NORMS
-from criteria.registry import register
+from surgery.criteria.calibration import HOOKABLE, Stats, channel_dim, hooked, per_channel_view, run_batches
+from surgery.criteria.data import DataCriterion, _NORMS
+from surgery.criteria.registry import register
 
 __all__ = ["LRP"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from models.registry import register_model
+from surgery.models.registry import register_model
 
 __all__ = ["VGG", "vgg16_bn"]
 

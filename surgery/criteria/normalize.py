@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from criteria.base import Criterion, GroupView, Wrapper
+from surgery.criteria.base import Criterion, GroupView, Wrapper
 
 __all__ = ["Normalized", "normalize_scores", "lamp"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from criteria.base import GroupView
-from criteria.data import DataCriterion, per_unit
-from criteria.registry import register
+from surgery.criteria.base import GroupView
+from surgery.criteria.data import DataCriterion, per_unit
+from surgery.criteria.registry import register
 
 __all__ = ["Wanda"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
-from criteria.base import Criterion
-from criteria.normalize import Normalized
+from surgery.criteria.base import Criterion
+from surgery.criteria.normalize import Normalized
 
 __all__ = ["CRITERIA", "ALIASES", "register", "get", "available", "canonical"]
 

@@ -6,8 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from criteria.data import DataCriterion
-from criteria.registry import register
+from surgery.criteria.data import DataCriterion
+from surgery.criteria.registry import register
 
 __all__ = ["Taylor", "Coverage", "APoZ", "HRank"]
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from criteria.base import WeightCriterion
-from criteria.registry import register
+from surgery.criteria.base import WeightCriterion
+from surgery.criteria.registry import register
 
 __all__ = ["FPGM"]
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from criteria.base import Criterion, GroupView
-from criteria.calibration import HOOKABLE, Stats, channel_dim, hooked, per_channel_view, run_batches
+from surgery.criteria.base import Criterion, GroupView
+from surgery.criteria.calibration import HOOKABLE, Stats, channel_dim, hooked, per_channel_view, run_batches
 
 __all__ = ["DataCriterion", "out_rows"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from criteria.activations import Taylor
-from criteria.data import DataCriterion, _NORMS, out_rows
-from criteria.kmeans import KMeansCriterion
-from criteria.registry import register
+from surgery.criteria.activations import Taylor
+from surgery.criteria.data import DataCriterion, _NORMS, out_rows
+from surgery.criteria.kmeans import KMeansCriterion
+from surgery.criteria.registry import register
 
 __all__ = ["TaylorWeight", "Fisher", "KTaylor"]
 

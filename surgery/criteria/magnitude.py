@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from criteria.base import GroupView, WeightCriterion
-from criteria.registry import register
+from surgery.criteria.base import GroupView, WeightCriterion
+from surgery.criteria.registry import register
 
 __all__ = ["L1Norm", "L2Norm", "BNScale", "bn_l1_penalty"]
 
