@@ -6,7 +6,7 @@ setup(
     description="Structured pruning for PyTorch that physically removes channels",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=["surgery", "surgery.rules", "surgery.criteria", "surgery.models", "criteria", "models"],
+    packages=["surgery", "surgery.rules", "surgery.criteria", "surgery.models", "surgery.pipeline", "criteria", "models"],
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

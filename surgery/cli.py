@@ -1,6 +1,11 @@
-"""The surgery command line: inspect the channel groups of a model, or prune it.
+"""The surgery command line: inspect, prune, or run the whole pipeline.
 
 Examples:
+  surgery run                                   (digits: train, prune to half the FLOPs, fine-tune, report)
+  surgery run --preset aggressive prune.criterion=taylor --out runs/taylor
+  surgery config show --config my.yaml prune.ratio=0.4
+  surgery sweep --criteria l1,fpgm --ratios 0.3,0.5 --seeds 0,1
+  surgery report runs/taylor
   surgery inspect resnet20
   surgery prune torchvision:resnet18 --ratio 0.5 --input-shape 1,3,224,224 --output small.pt
   surgery prune my_pkg.nets:build --weights trained.pt --target-flops 0.5
@@ -51,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="surgery", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"torch-surgery {VERSION}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{inspect,prune}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,config,sweep,report,inspect,prune}")
+    _pipeline_parsers(sub)
     for name, text in (("inspect", "print the channel groups (prunable or frozen, and why)"),
                        ("prune", "prune, verify, print the cost before and after, optionally save")):
         s = sub.add_parser(name, help=text, description=text)
@@ -69,10 +75,77 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--iterative-steps", type=int, default=1)
     pr.add_argument("--round-to", type=int, help="kept channel counts are multiples of N")
     pr.add_argument("--ignore", action="append", default=[], metavar="LAYER", help="keep this layer's outputs whole")
-    pr.add_argument("--data", choices=["digits"], help="calibration data for data criteria (bundled, offline)")
+    pr.add_argument("--data", help="calibration data for data criteria: digits (bundled) or a pipeline dataset "
+                    "(cifar10, mnist, ..., folder) read from --data-root")
+    pr.add_argument("--data-root", default="data", help="where --data lives (nothing is downloaded)")
     pr.add_argument("--max-batches", type=int, default=8)
     pr.add_argument("--output", help="save the pruned model (plans + weights, surgery.save) to this file")
     return p
+
+
+def _layering(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--config", help="a YAML file of sections (model, data, train, prune, finetune, eval)")
+    s.add_argument("--preset", choices=["conservative", "balanced", "aggressive"])
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. prune.ratio=0.4")
+
+
+def _pipeline_parsers(sub) -> None:
+    r = sub.add_parser("run", help="train, prune, fine-tune, evaluate and report (the pipeline)",
+                       description="Layers, later wins: --config file, --preset, SURGERY_SECTION__KEY "
+                                   "environment variables, then KEY=VALUE overrides.")
+    _layering(r)
+    r.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<timestamp>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="finish the run in this folder from its last checkpoint")
+    r.add_argument("--eval-only", action="store_true", help="only measure --model-path")
+    r.add_argument("--model-path", help="a model saved by surgery.save (with --eval-only)")
+    c = sub.add_parser("config", help="print the resolved pipeline configuration")
+    c.add_argument("action", choices=["show"])
+    _layering(c)
+    w = sub.add_parser("sweep", help="run a grid of criteria x ratios x seeds; CSV, markdown table and plot")
+    _layering(w)
+    w.add_argument("--criteria", default="l1", help="comma-separated criteria names")
+    w.add_argument("--ratios", default="0.3,0.5,0.7", help="comma-separated ratios")
+    w.add_argument("--seeds", default="0", help="comma-separated seeds")
+    w.add_argument("--out", help="sweep folder (default runs/sweep-<timestamp>)")
+    rp = sub.add_parser("report", help="rebuild report.html and report.pdf of a run folder")
+    rp.add_argument("run_dir")
+
+
+def _pipeline(args) -> int:
+    from surgery.pipeline import config as pconfig
+    if args.command == "report":
+        from surgery.pipeline.report_files import write_reports
+        for path in write_reports(args.run_dir):
+            print(path)
+        return 0
+    overrides = list(args.overrides) + ([f"out={args.out}"] if getattr(args, "out", None) else [])
+    if args.command == "run" and args.resume:
+        cfg = None
+    else:
+        cfg = pconfig.resolve(args.config, args.preset, overrides)
+    if args.command == "config":
+        print(pconfig.to_yaml(cfg), end="")
+        return 0
+    if args.command == "sweep":
+        from surgery.pipeline.sweep import sweep
+        result = sweep(cfg, criteria=args.criteria.split(","), ratios=[float(r) for r in args.ratios.split(",")],
+                       seeds=[int(s) for s in args.seeds.split(",")], out=args.out)
+        print(result.markdown)
+        return 0
+    from surgery.pipeline import run
+    result = run(cfg, resume=args.resume, eval_only=args.eval_only, model_path=args.model_path)
+    _print_summary(result.metrics, result.out)
+    return 0
+
+
+def _print_summary(metrics: dict, out) -> None:
+    before, after = metrics.get("original"), metrics["pruned"]
+    print(f"{'':12}{'original':>14}{'pruned':>14}")
+    for key in ("accuracy", "params", "flops", "size_bytes"):
+        a = "" if before is None else (f"{before[key]:.4f}" if key == "accuracy" else f"{before[key]:,}")
+        b = f"{after[key]:.4f}" if key == "accuracy" else f"{after[key]:,}"
+        print(f"{key:12}{a:>14}{b:>14}")
+    print(f"run folder: {out}")
 
 
 def main(argv: list | None = None) -> int:
@@ -82,12 +155,14 @@ def main(argv: list | None = None) -> int:
     except CliError as err:
         print(f"surgery: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, RuntimeError) as err:  # library errors already say what to do
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:  # library errors say what to do
         print(f"surgery: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 
 
 def _run(args) -> int:
+    if args.command in ("run", "config", "sweep", "report"):
+        return _pipeline(args)
     import surgery  # imported here so that `surgery --help` does not load the engine
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.num_classes).eval()
@@ -107,7 +182,7 @@ def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
     options = dict(ratio=args.ratio, criterion=args.criterion, global_pruning=args.global_pruning,
                    target_flops=args.target_flops, iterative_steps=args.iterative_steps, round_to=args.round_to,
                    ignored_layers=tuple(args.ignore))
-    data = _digits_batches(x.shape, args.num_classes, args.seed) if args.data else None
+    data = _calibration(args, tuple(x.shape)) if args.data else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruner = surgery.Pruner(model, x, data=data, max_batches=args.max_batches if data else None, **options)
@@ -126,19 +201,16 @@ def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
     return 0
 
 
-def _digits_batches(shape: tuple, num_classes: int, seed: int, batch: int = 32) -> list:
-    """scikit-learn's bundled digits resized to the input shape, as (images, labels) batches."""
-    from sklearn.datasets import load_digits
-    import torch.nn.functional as F
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
-    c, size = shape[1], tuple(shape[2:])
-    if len(size) != 2:
-        raise CliError("--data digits needs a 4-D --input-shape (N,C,H,W)")
-    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False).repeat(1, c, 1, 1)
-    labels = torch.tensor(digits.target) % num_classes
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    return [(images[i], labels[i]) for i in order.split(batch)]
+def _calibration(args, shape: tuple):
+    """Calibration batches for data criteria from a pipeline dataset, sized to the input shape."""
+    from surgery.pipeline.config import DataSection
+    from surgery.pipeline.data import load, loader
+    if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise CliError(f"--data needs a square 3-channel --input-shape N,3,S,S, got {','.join(map(str, shape))}")
+    data = load(DataSection(name=args.data, root=args.data_root, image_size=shape[2], augment=False), args.seed)
+    if data.num_classes > args.num_classes:
+        raise CliError(f"--data {args.data} has {data.num_classes} classes; give --num-classes {data.num_classes}")
+    return loader(data.calibration, 32)
 
 
 if __name__ == "__main__":

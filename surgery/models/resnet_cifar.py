@@ -50,11 +50,13 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-@register_model("resnet20")
-def resnet20(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(20, num_classes)
+def _register(depth: int) -> None:
+    def build(num_classes: int = 10) -> CifarResNet:
+        return CifarResNet(depth, num_classes)
+    build.__name__ = build.__qualname__ = f"resnet{depth}"
+    build.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016, option-B shortcuts), 32x32 or smaller inputs."
+    globals()[build.__name__] = register_model(build.__name__)(build)
 
 
-@register_model("resnet56")
-def resnet56(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(56, num_classes)
+for _depth in (20, 32, 44, 56, 110):
+    _register(_depth)

@@ -1,14 +1,19 @@
-"""VGG-16 with BatchNorm for 32x32 inputs (the CIFAR variant used in pruning papers:
-13 conv layers, one 512->num_classes classifier)."""
+"""VGG-11/13/16/19 with BatchNorm for 32x32 inputs (the CIFAR variants used in pruning papers:
+conv layers, then one 512->num_classes classifier)."""
 from __future__ import annotations
 
 import torch.nn as nn
 
 from surgery.models.registry import register_model
 
-__all__ = ["VGG", "vgg16_bn"]
+__all__ = ["VGG", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
 
-_CFG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+_CFGS = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
 
 
 class VGG(nn.Module):
@@ -28,6 +33,13 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register_model("vgg16_bn")
-def vgg16_bn(num_classes: int = 10) -> VGG:
-    return VGG(_CFG16, num_classes)
+def _register(depth: int) -> None:
+    def build(num_classes: int = 10) -> VGG:
+        return VGG(_CFGS[depth], num_classes)
+    build.__name__ = build.__qualname__ = f"vgg{depth}_bn"
+    build.__doc__ = f"CIFAR VGG-{depth} with BatchNorm (32x32 inputs; five 2x2 max-pools)."
+    globals()[build.__name__] = register_model(build.__name__)(build)
+
+
+for _depth in _CFGS:
+    _register(_depth)

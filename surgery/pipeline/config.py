@@ -1,0 +1,260 @@
+"""The pipeline's configuration: typed sections, presets, and layering with clear errors.
+
+Layers, later wins: the defaults below, a YAML file, a preset, environment variables
+(``SURGERY_PRUNE__RATIO=0.5``: prefix ``SURGERY_``, ``__`` between levels), then dotted
+overrides (``prune.ratio=0.4``). Values are parsed as YAML (``data.classes=[3,5,7]``).
+OmegaConf does the merging and type checks (a kept library: structured configs from
+dataclasses, YAML values in dotted overrides, type errors naming the full key); unknown keys
+are caught first so the error names the closest valid key.
+
+The budget keys ``prune.ratio``, ``prune.target_flops`` and ``prune.target_params`` exclude
+one another: the latest layer that sets one of them decides, and the others are cleared.
+With none set, the pipeline keeps half the FLOPs (``target_flops=0.5``).
+
+Example:
+    >>> from surgery.pipeline.config import resolve
+    >>> cfg = resolve(preset="aggressive", overrides=["prune.ratio=0.4"], env={})
+    >>> cfg.prune.ratio, cfg.prune.target_flops
+    (0.4, None)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["RunConfig", "ConfigError", "resolve", "to_yaml", "PRESETS", "keys"]
+
+BUDGET_KEYS = ("ratio", "target_flops", "target_params")
+ENV_PREFIX = "SURGERY_"
+
+
+class ConfigError(ValueError):
+    """A bad configuration: unknown key, wrong type or value; the message names the key."""
+
+
+@dataclass
+class ModelSection:
+    name: str = "digits_cnn"             # surgery.models name, torchvision:NAME, timm:NAME, module:function
+    checkpoint: Optional[str] = None     # trained weights (state_dict file) for it; skips training
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    name: str = "digits"                 # digits, cifar10, cifar100, mnist, fashionmnist, svhn, gtsrb, folder
+    root: str = "data"                   # where the local copy lives (nothing is downloaded)
+    classes: Optional[List[int]] = None  # keep only these classes (classifier reduced to them)
+    image_size: Optional[int] = None     # default per dataset
+    batch_size: int = 64
+    val_fraction: float = 0.1            # held out of the training split for early stopping
+    calibration_size: int = 256          # training images for data criteria (no augmentation)
+    augment: bool = True
+    workers: int = 0
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 15
+    optimizer: str = "sgd"               # sgd or adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0           # linear warm-up, then cosine to zero
+    label_smoothing: float = 0.0
+    patience: Optional[int] = None       # early stopping on validation accuracy (best weights kept)
+    amp: bool = True                     # mixed precision (CUDA only)
+    distill: bool = False                # knowledge distillation from the unpruned model (fine-tuning)
+    temperature: float = 4.0
+    alpha: float = 0.5                   # weight of the distillation term
+
+
+@dataclass
+class PruneSection:
+    criterion: str = "l1"
+    ratio: Optional[float] = None
+    target_flops: Optional[float] = None
+    target_params: Optional[float] = None
+    global_pruning: bool = False
+    normalize: str = "mean"
+    max_ratio: float = 1.0
+    min_channels: int = 1
+    round_to: Optional[int] = None
+    iterative_steps: int = 1
+    schedule: str = "linear"
+    epochs_between: int = 0              # fine-tuning epochs between iterative steps
+    ignored_layers: List[str] = field(default_factory=list)
+    max_batches: int = 8                 # calibration batches for data criteria
+    verify: bool = True
+
+
+@dataclass
+class EvalSection:
+    latency: bool = True
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
+    repeats: int = 20
+    warmup: int = 3
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"                 # auto, cpu, cuda
+    out: Optional[str] = None            # run folder; default runs/<model>-<dataset>-<timestamp>
+    report: bool = True                  # write report.html and report.pdf
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    prune: PruneSection = field(default_factory=PruneSection)
+    finetune: TrainSection = field(default_factory=lambda: TrainSection(epochs=10, lr=0.01, warmup_epochs=0.0))
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+PRESETS: dict[str, dict] = {
+    "conservative": {"prune": {"target_flops": 0.7}},
+    "balanced": {"prune": {"target_flops": 0.5}},
+    "aggressive": {"prune": {"target_flops": 0.3, "global_pruning": True}, "finetune": {"epochs": 15}},
+}
+
+
+def keys(section: Any = RunConfig, prefix: str = "") -> list[str]:
+    """Every valid dotted key, e.g. ``prune.ratio``."""
+    out = []
+    for f in dataclasses.fields(section):
+        name = prefix + f.name
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out += keys(type(default), name + ".") if dataclasses.is_dataclass(default) else [name]
+    return out
+
+
+def resolve(config_file: str | os.PathLike | None = None, preset: str | None = None,
+            overrides: list[str] | tuple = (), env: Mapping[str, str] | None = None) -> RunConfig:
+    """The run configuration from its layers (see the module docstring)."""
+    layers = []
+    if config_file is not None:
+        layers.append((f"config file {config_file}", _from_yaml(config_file)))
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        layers.append((f"preset {preset}", PRESETS[preset]))
+    layers += _from_env(os.environ if env is None else env)
+    layers += [(f"override {o!r}", _from_dotted(o)) for o in overrides]
+    merged = OmegaConf.structured(RunConfig)
+    for where, layer in layers:
+        _check_keys(layer, where)
+        if any(k in layer.get("prune", {}) for k in BUDGET_KEYS):
+            for k in BUDGET_KEYS:
+                merged.prune[k] = None
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{where}: {_short(err)}") from None
+    cfg = OmegaConf.to_object(merged)
+    _check_values(cfg)
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved configuration as YAML (what ``surgery config show`` prints)."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def _from_yaml(path: str | os.PathLike) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _from_dotted(text: str) -> dict:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. prune.ratio=0.4)")
+    return _nest(key.strip(), yaml.safe_load(value) if value.strip() else None)
+
+
+def _from_env(env: Mapping[str, str]) -> list:
+    layers = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            layers.append((f"environment variable {name}", _nest(key, yaml.safe_load(env[name]))))
+    return layers
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: dict = {}
+    node = out
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        out += _flatten(v, name + ".") if isinstance(v, dict) and name not in _DICT_KEYS else [name]
+    return out
+
+
+_DICT_KEYS = {"model.kwargs"}
+
+
+def _check_keys(layer: dict, where: str) -> None:
+    valid = keys()
+    sections = {k.split(".")[0] for k in valid if "." in k}
+    for key in _flatten(layer):
+        if key in valid or any(key.startswith(d + ".") for d in _DICT_KEYS):
+            continue
+        if key in sections:
+            raise ConfigError(f"{where}: {key!r} is a section; set its keys (e.g. {key}.{_first(valid, key)}=...)")
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else "; `surgery config show` lists the keys"
+        raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _first(valid: list, section: str) -> str:
+    return next(k for k in valid if k.startswith(section + ".")).split(".", 1)[1]
+
+
+def _short(err: OmegaConfBaseException) -> str:
+    return str(err).split("\n")[0] + (f" (key {err.full_key})" if getattr(err, "full_key", None) else "")
+
+
+def _check_values(cfg: RunConfig) -> None:
+    p, d = cfg.prune, cfg.data
+    for name in BUDGET_KEYS:
+        v = getattr(p, name)
+        if v is not None and not 0.0 <= v < 1.0 and name == "ratio":
+            raise ConfigError(f"prune.ratio must be in [0, 1) (fraction of channels removed), got {v}")
+        if v is not None and not 0.0 < v <= 1.0 and name != "ratio":
+            raise ConfigError(f"prune.{name} must be in (0, 1] (fraction kept), got {v}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    for sec in ("train", "finetune"):
+        t = getattr(cfg, sec)
+        if t.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"{sec}.optimizer must be sgd or adamw, got {t.optimizer!r}")
+        if t.epochs < 0 or t.lr <= 0:
+            raise ConfigError(f"{sec}.epochs must be >= 0 and {sec}.lr > 0, got {t.epochs} and {t.lr}")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    if d.batch_size < 1 or d.calibration_size < 1:
+        raise ConfigError("data.batch_size and data.calibration_size must be positive")
+    if d.classes is not None and (len(d.classes) < 2 or len(set(d.classes)) != len(d.classes)):
+        raise ConfigError(f"data.classes must list at least two distinct class indices, got {d.classes}")

@@ -1,0 +1,355 @@
+"""``surgery run``: train (or load), prune, fine-tune, evaluate, write the run folder.
+
+Stages, each checkpointed under ``RUN/checkpoints`` so that ``run(resume=RUN)`` goes on
+where a run stopped (per epoch inside training and fine-tuning):
+
+1. data and model (``model.checkpoint`` loads trained weights and skips training);
+2. train the unpruned model; with ``data.classes`` it is trained on every class and its
+   classifier is then reduced to the kept ones (:func:`surgery.keep_classes`);
+3. measure the original; prune (any criterion, budget, iterative steps with fine-tuning
+   between them); 4. fine-tune (optionally distilling from the original); 5. measure the
+   pruned model and write ``config.yaml``, ``metrics.json``, ``history.csv``, ``plan.json``,
+   ``model.pt`` (:func:`surgery.save`), ``log.txt`` and the report.
+
+Under ``torchrun`` every rank trains with DistributedDataParallel, calibration statistics
+are all-reduced, rank 0's pruning decision is broadcast and replayed on the other ranks
+(so all hold the same model), and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+import surgery.criteria as _criteria
+
+from surgery.architectures import build
+from surgery.budget import PruneConfig
+from surgery.history import history
+from surgery.layers import keep_classes
+from surgery.metrics import count_flops
+from surgery.pipeline import data as datasets
+from surgery.pipeline.config import ConfigError, RunConfig, resolve, to_yaml
+from surgery.pipeline.measure import measure
+from surgery.pipeline.training import distributed, evaluate_accuracy, fit, is_main
+from surgery.plan import Plan
+from surgery.pruner import Pruner
+from surgery.replay import apply_plan
+from surgery.saving import load, save
+
+__all__ = ["run", "Result"]
+
+
+@dataclass
+class Result:
+    """What a run produced: the folder, the metrics (as in metrics.json) and both models."""
+    out: Path
+    metrics: dict
+    model: nn.Module
+    original: nn.Module | None
+    config: RunConfig
+
+
+def run(config: RunConfig | dict | str | os.PathLike | None = None, *, resume: str | os.PathLike | None = None,
+        eval_only: bool = False, model_path: str | os.PathLike | None = None) -> Result:
+    """Run the pipeline. ``config``: a RunConfig, a dict of sections, a YAML path, or None
+    (the defaults: digits, a small CNN, half the FLOPs). ``resume``: a run folder to finish.
+    ``eval_only`` with ``model_path`` (a file from :func:`surgery.save`) only measures it.
+
+    Example:
+        >>> from surgery.pipeline import run
+        >>> result = run({"train": {"epochs": 2}, "finetune": {"epochs": 1}, "report": False,
+        ...               "eval": {"latency": False}, "out": "/tmp/surgery-doctest-run"})  # doctest: +SKIP
+        >>> sorted(result.metrics)                                                       # doctest: +SKIP
+        ['accuracy_after_prune', 'original', 'pruned', 'steps', 'times', 'verification']
+    """
+    cfg, out = _setup(config, resume)
+    ctx = _Context(cfg, out)
+    try:
+        if eval_only:
+            return ctx.evaluate_only(model_path)
+        return ctx.pipeline()
+    finally:
+        ctx.close()
+
+
+def _setup(config, resume) -> tuple[RunConfig, Path]:
+    if resume is not None:
+        folder = Path(resume)
+        if not (folder / "config.yaml").exists():
+            raise FileNotFoundError(f"{folder} is not a run folder (no config.yaml); give the folder a run wrote")
+        return resolve(folder / "config.yaml", env={}), folder
+    if config is None:
+        cfg = resolve(env={})
+    elif isinstance(config, RunConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = _from_dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        cfg = resolve(config, env={})
+    else:
+        raise TypeError(f"config must be a RunConfig, a dict, a YAML path or None, got {type(config).__name__}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model.name}-{cfg.data.name}")
+    return cfg, Path(cfg.out or os.path.join("runs", f"{name}-{stamp}"))
+
+
+def _from_dict(d: dict) -> RunConfig:
+    import tempfile
+    import yaml
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(d, f)
+    try:
+        return resolve(f.name, env={})
+    finally:
+        os.unlink(f.name)
+
+
+class _Context:
+    def __init__(self, cfg: RunConfig, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        self.ckpt = out / "checkpoints"
+        self._own_pg = _init_distributed()
+        self.device = _device(cfg.device)
+        self.rows: list[dict] = []
+        self.times: dict[str, float] = {}
+        if is_main():
+            self.ckpt.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(to_yaml(cfg))
+            self._log_file = open(out / "log.txt", "a", encoding="utf-8")
+        else:
+            self._log_file = None
+        _seed(cfg.seed)
+
+    def log(self, text: str) -> None:
+        if not is_main():
+            return
+        tqdm.write(text)
+        self._log_file.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+        self._log_file.flush()
+
+    def close(self) -> None:
+        if self._log_file:
+            self._log_file.close()
+        if self._own_pg:
+            dist.destroy_process_group()
+
+    # ---- stages ------------------------------------------------------------------------
+    def pipeline(self) -> Result:
+        cfg = self.cfg
+        data = datasets.load(cfg.data, cfg.seed)
+        self.log(f"data: {cfg.data.name}, {len(data.train)} train / {len(data.val or [])} val / "
+                 f"{len(data.test)} test, {data.num_classes} classes, input {data.input_shape}")
+        original = self._trained_original(data)
+        metrics0 = self._cached("original_metrics.json", lambda: self._measure(original, data))
+        self.log(f"original: accuracy {metrics0['accuracy']:.4f}, {metrics0['params']:,} params, "
+                 f"{metrics0['flops']:,} FLOPs")
+        pruned, steps, verification = self._pruned(original, data)
+        after_prune = evaluate_accuracy(pruned, data.test, self.device)
+        self.log(f"pruned: accuracy {after_prune:.4f} before fine-tuning; {verification}")
+        pruned = self._finetuned(pruned, original, data)
+        metrics1 = self._measure(pruned, data)
+        self.log(f"fine-tuned: accuracy {metrics1['accuracy']:.4f}, {metrics1['params']:,} params "
+                 f"({metrics1['params'] / metrics0['params']:.1%}), {metrics1['flops']:,} FLOPs "
+                 f"({metrics1['flops'] / metrics0['flops']:.1%})")
+        metrics = {"original": metrics0, "pruned": metrics1, "accuracy_after_prune": after_prune,
+                   "steps": steps, "verification": verification, "times": self._times(),
+                   "class_names": data.class_names}
+        self._write(pruned, original, metrics, data)
+        return Result(self.out, metrics, pruned, original, cfg)
+
+    def evaluate_only(self, model_path) -> Result:
+        if model_path is None:
+            raise ValueError("eval_only needs model_path=<a file written by surgery.save> (--model-path)")
+        data = datasets.load(self.cfg.data, self.cfg.seed)
+        model = load(model_path, self._fresh(data.num_classes)).to(self.device)
+        metrics = {"pruned": self._measure(model, data), "class_names": data.class_names,
+                   "evaluated": str(model_path)}
+        self.log(f"{model_path}: accuracy {metrics['pruned']['accuracy']:.4f}, "
+                 f"{metrics['pruned']['params']:,} params")
+        if is_main():
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        return Result(self.out, metrics, model, None, self.cfg)
+
+    def _fresh(self, num_classes: int) -> nn.Module:
+        return build(self.cfg.model.name, num_classes=num_classes, **self.cfg.model.kwargs)
+
+    def _trained_original(self, data) -> nn.Module:
+        cfg, done = self.cfg, self.ckpt / "trained.pt"
+        full = data if data.classes is None else datasets.load(dataclasses.replace(cfg.data, classes=None), cfg.seed)
+        model = self._fresh(full.num_classes)
+        if done.exists():
+            model.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
+            self.log(f"train: loaded the trained model from {done}")
+        elif cfg.model.checkpoint:
+            model.load_state_dict(torch.load(cfg.model.checkpoint, map_location="cpu", weights_only=True))
+            self.log(f"train: skipped, weights from {cfg.model.checkpoint}")
+        else:
+            t0 = time.perf_counter()
+            self.rows += fit(model, full, cfg.train, stage="train", device=self.device, seed=cfg.seed,
+                             batch_size=cfg.data.batch_size, checkpoint=str(self.ckpt / "train_last.pt"),
+                             log=self.log)
+            self.times["train_s"] = time.perf_counter() - t0
+            if is_main():
+                torch.save(model.state_dict(), done)
+        if data.classes is not None:
+            keep_classes(model, data.classes)
+            self.log(f"classifier reduced to classes {data.classes} ({', '.join(data.class_names)})")
+        return model.to(self.device).eval()
+
+    def _pruned(self, original: nn.Module, data) -> tuple[nn.Module, list, str]:
+        done, info = self.ckpt / "pruned.pt", self.ckpt / "pruned.json"
+        if done.exists() and info.exists():
+            self.log(f"prune: loaded the pruned model from {done}")
+            saved = json.loads(info.read_text())
+            return load(done, self._fresh(data.num_classes)).to(self.device), saved["steps"], saved["verification"]
+        p, cfg = self.cfg.prune, self.cfg
+        if distributed() and p.epochs_between:
+            raise ConfigError("prune.epochs_between is not supported under torchrun yet; fine-tune after "
+                              "pruning instead (finetune.epochs)")
+        example = torch.zeros(1, *data.input_shape, device=self.device)
+        budget = {k: getattr(p, k) for k in ("ratio", "target_flops", "target_params") if getattr(p, k) is not None}
+        budget = budget or {"target_flops": 0.5}
+        config = PruneConfig(criterion=p.criterion, global_pruning=p.global_pruning, normalize=p.normalize,
+                             max_ratio=p.max_ratio, min_channels=p.min_channels, round_to=p.round_to,
+                             iterative_steps=p.iterative_steps, schedule=p.schedule, verify=p.verify,
+                             ignored_layers=tuple(p.ignored_layers), **budget)
+        needs_data = _criteria.get(p.criterion).needs_data
+        calib = datasets.loader(data.calibration, cfg.data.batch_size, distributed=distributed()) if needs_data else None
+        t0 = time.perf_counter()
+        pruner = Pruner(original, example, config, data=calib, max_batches=p.max_batches if needs_data else None)
+        flops0 = count_flops(original.cpu(), example.cpu())
+        original.to(self.device)
+        steps = []
+        for i in range(p.iterative_steps):
+            before = copy.deepcopy(pruner.model) if distributed() and dist.get_rank() else None
+            pruner.step()
+            _agree(pruner, before, example)
+            model = pruner.model
+            steps.append({"step": i + 1, "accuracy": evaluate_accuracy(model, data.test, self.device),
+                          "flops": count_flops(model.cpu(), example.cpu()) / flops0})
+            model.to(self.device)
+            self.log(f"prune step {i + 1}/{p.iterative_steps}: {steps[-1]['flops']:.1%} of FLOPs kept, "
+                     f"accuracy {steps[-1]['accuracy']:.4f}")
+            if p.epochs_between and i + 1 < p.iterative_steps:
+                between = dataclasses.replace(cfg.finetune, epochs=p.epochs_between, patience=None)
+                self.rows += fit(model, data, between, stage=f"between {i + 1}", device=self.device,
+                                 seed=cfg.seed + i + 1, batch_size=cfg.data.batch_size, log=self.log)
+        self.times["prune_s"] = time.perf_counter() - t0
+        verification = str(pruner.verification)
+        if is_main():
+            save(pruner.model, done, architecture=self._architecture(data))
+            info.write_text(json.dumps({"steps": steps, "verification": verification}))
+        return pruner.model.to(self.device), steps, verification
+
+    def _finetuned(self, pruned: nn.Module, original: nn.Module, data) -> nn.Module:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        teacher = copy.deepcopy(original) if cfg.finetune.distill else None
+        self.rows += fit(pruned, data, cfg.finetune, stage="finetune", device=self.device, seed=cfg.seed + 100,
+                         batch_size=cfg.data.batch_size, teacher=teacher,
+                         checkpoint=str(self.ckpt / "finetune_last.pt"), log=self.log)
+        self.times["finetune_s"] = time.perf_counter() - t0
+        return pruned.eval()
+
+    def _measure(self, model: nn.Module, data) -> dict:
+        return measure(model, data.test, data.input_shape, self.device, data.num_classes, self.cfg.eval,
+                       self.cfg.data.batch_size)
+
+    def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        path = self.ckpt / name
+        if path.exists():
+            return json.loads(path.read_text())
+        value = compute()
+        if is_main():
+            path.write_text(json.dumps(value))
+        return value
+
+    def _architecture(self, data) -> dict:
+        return {"name": self.cfg.model.name, "num_classes": data.num_classes, **self.cfg.model.kwargs}
+
+    def _times(self) -> dict:
+        path = self.ckpt / "times.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        merged = {**old, **self.times}
+        if is_main():
+            path.write_text(json.dumps(merged))
+        return merged
+
+    def _write(self, pruned: nn.Module, original: nn.Module, metrics: dict, data) -> None:
+        if not is_main():
+            return
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        save(pruned.cpu(), self.out / "model.pt", architecture=self._architecture(data))
+        plans = [json.loads(p) for p in history(pruned)]
+        (self.out / "plan.json").write_text(json.dumps(plans, indent=1))
+        rows = _history_rows(self.ckpt, self.rows)
+        with open(self.out / "history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ["stage", "epoch", "loss", "train_acc", "val_acc", "lr", "seconds"])
+            writer.writeheader()
+            writer.writerows(rows)
+        if self.cfg.report:
+            from surgery.pipeline.report_files import write_reports
+            write_reports(self.out)
+        self.log(f"wrote {self.out}")
+
+
+def _history_rows(ckpt: Path, rows: list) -> list:
+    """Rows of this process plus those of stages finished before a resume."""
+    seen = {(r["stage"], r["epoch"]) for r in rows}
+    old = []
+    for name in ("train_last.pt", "finetune_last.pt"):
+        path = ckpt / name
+        if path.exists():
+            old += [r for r in torch.load(path, map_location="cpu", weights_only=True)["rows"]
+                    if (r["stage"], r["epoch"]) not in seen]
+    return sorted(old + rows, key=lambda r: (["train", "finetune"].index(r["stage"])
+                                              if r["stage"] in ("train", "finetune") else 0.5, r["epoch"]))
+
+
+def _agree(pruner: Pruner, before: nn.Module | None, example: torch.Tensor) -> None:
+    """Under torch.distributed: rank 0's plan for this step, replayed on the other ranks."""
+    if not distributed():
+        return
+    box = [pruner.plans[-1].to_json() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    if dist.get_rank():
+        pruner.model = apply_plan(before, Plan.from_json(box[0]), example_inputs=example, inplace=True)
+
+
+def _init_distributed() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not distributed():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        return True
+    return False
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but CUDA is not available; use device=cpu or auto")
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
