@@ -1,8 +1,12 @@
+import re
+
 from setuptools import setup
+
+VERSION = re.search(r'__version__ = "(.+)"', open("surgery/version.py", encoding="utf-8").read()).group(1)
 
 setup(
     name="torch-surgery",
-    version="0.1.0",
+    version=VERSION,
     description="Structured pruning for PyTorch that physically removes channels",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -17,7 +21,8 @@ setup(
         "tqdm",
         "threadpoolctl",
         "pyyaml",
+        "omegaconf",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "timm"]},
+    extras_require={"report": ["matplotlib"], "test": ["pytest", "hypothesis", "timm", "matplotlib"]},
     entry_points={"console_scripts": ["surgery=surgery.cli:main"]},
 )

@@ -23,9 +23,9 @@ from surgery.layers import keep_classes
 from surgery.report import Report, report
 from surgery.saving import load, save
 from surgery.verify import Verification, VerificationError
+from surgery.version import __version__
 from surgery import extend, layers, metrics, sparsity, testing  # noqa: F401  (submodule namespaces)
 
-__version__ = "0.1.0"
 
 __all__ = ["trace", "prune", "Pruner", "PruneConfig", "Surgeon", "Plan", "apply_plan", "save", "load",
            "report", "Report", "keep_classes", "ChannelGraph", "Group", "Member", "TraceError", "ShapeError",

@@ -24,9 +24,10 @@ import warnings
 import torch
 import torch.nn as nn
 
+from surgery.version import __version__ as VERSION
+
 __all__ = ["main", "build_model"]
 
-VERSION = "0.1.0"
 
 
 class CliError(Exception):

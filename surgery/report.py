@@ -1,13 +1,20 @@
-"""What pruning did: per-layer channels, parameters and FLOPs before and after."""
+"""What pruning did: per-layer channels, parameters and FLOPs before and after, and (when
+given) accuracy, latency, criterion scores, training history and the run's configuration.
+``Report.to_html`` / ``to_pdf`` / ``to_markdown`` write a shareable report with figures
+(matplotlib, from the ``[report]`` extra); ``print(report)`` shows the per-layer table."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+import platform
+
 import torch
 import torch.nn as nn
 
+from surgery import report_render
 from surgery.metrics import count_params, flops_by_module
+from surgery.version import __version__
 
 __all__ = ["Report", "LayerRow", "report"]
 
@@ -26,10 +33,47 @@ class LayerRow:
 
 @dataclass
 class Report:
-    """Returned by :func:`report`; ``print(report)`` shows a compact table."""
+    """Returned by :func:`report`; ``print(report)`` shows a compact table.
+
+    Optional parts (the pipeline fills them all): ``metrics`` (``{"original": ...,
+    "pruned": ...}`` as in metrics.json), ``history`` (rows per epoch), ``insight`` (groups,
+    criterion scores, activations: :func:`surgery.pipeline.insight.insight`), ``config``
+    (the resolved configuration), ``sweep`` (rows with flops, accuracy, label).
+    """
     layers: list = field(default_factory=list)
     params: tuple = (0, 0)
     flops: tuple = (0, 0)
+    metrics: dict | None = None
+    history: list = field(default_factory=list)
+    insight: dict | None = None
+    config: dict | None = None
+    sweep: list = field(default_factory=list)
+    environment: dict = field(default_factory=dict)
+    title: str = "Pruning report"
+
+    def summary(self) -> list[tuple[str, str, str, str]]:
+        """Executive summary rows: (quantity, before, after, change)."""
+        return report_render.summary_rows(self)
+
+    def risks(self) -> list[str]:
+        """Risk notes computed from the data (heavily pruned or thin layers, classes that lost
+        accuracy, unverified groups, a large drop before fine-tuning)."""
+        return report_render.risks(self)
+
+    def plan_in_words(self) -> list[str]:
+        """One sentence per channel group: what was removed from it, or why it is frozen."""
+        return report_render.plan_in_words(self)
+
+    def to_markdown(self) -> str:
+        return report_render.markdown(self)
+
+    def to_html(self, path) -> str:
+        """Write one self-contained HTML file (figures inline); returns the path."""
+        return report_render.write_html(self, path)
+
+    def to_pdf(self, path) -> str:
+        """Write a PDF (summary and risks, figures, plan, reproducibility); returns the path."""
+        return report_render.write_pdf(self, path)
 
     def table(self, changed_only: bool = True) -> str:
         rows = [r for r in self.layers if not changed_only or r.channels[0] != r.channels[1]]
@@ -57,8 +101,11 @@ def _size(m: nn.Module) -> int:
     return int(m.normalized_shape[-1]) if isinstance(m, nn.LayerNorm) else 0
 
 
-def report(original: nn.Module, pruned: nn.Module, example_inputs: Any) -> Report:
-    """Compare two models layer by layer (channels, parameters, fvcore FLOPs).
+def report(original: nn.Module, pruned: nn.Module, example_inputs: Any, *, metrics: dict | None = None,
+           history: list | None = None, insight: dict | None = None, config: dict | None = None,
+           sweep: list | None = None, title: str = "Pruning report") -> Report:
+    """Compare two models layer by layer (channels, parameters, fvcore FLOPs); the keyword
+    arguments add what the report can explain when you have it (see :class:`Report`).
 
     Example:
         >>> import torch, surgery
@@ -76,4 +123,15 @@ def report(original: nn.Module, pruned: nn.Module, example_inputs: Any) -> Repor
         if isinstance(m, _LAYERS) and p is not None:
             rows.append(LayerRow(name, type(m).__name__, (_size(m), _size(p)),
                                  (count_params(m), count_params(p)), (fa.get(name, 0), fb.get(name, 0))))
-    return Report(rows, (count_params(original), count_params(pruned)), (fa.get("", 0), fb.get("", 0)))
+    return Report(rows, (count_params(original), count_params(pruned)), (fa.get("", 0), fb.get("", 0)),
+                  metrics=metrics, history=list(history or []), insight=insight, config=config,
+                  sweep=list(sweep or []), environment=environment(config, metrics), title=title)
+
+
+def environment(config: dict | None = None, metrics: dict | None = None) -> dict:
+    """Versions and settings that reproduce a run."""
+    import torchvision
+    return {"torch-surgery": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "threads": torch.get_num_threads(), "seed": (config or {}).get("seed"),
+            "device": ((metrics or {}).get("pruned") or {}).get("latency_device") or (config or {}).get("device")}

@@ -43,8 +43,10 @@ from surgery.history import history
 from surgery.layers import keep_classes
 from surgery.metrics import count_flops
 from surgery.pipeline import data as datasets
+from surgery.pipeline.insight import insight
 from surgery.pipeline.config import ConfigError, RunConfig, resolve, to_yaml
 from surgery.pipeline.measure import measure
+from surgery.pipeline.report_files import write_reports
 from surgery.pipeline.training import distributed, evaluate_accuracy, fit, is_main
 from surgery.plan import Plan
 from surgery.pruner import Pruner
@@ -168,7 +170,10 @@ class _Context:
                  f"({metrics1['flops'] / metrics0['flops']:.1%})")
         metrics = {"original": metrics0, "pruned": metrics1, "accuracy_after_prune": after_prune,
                    "steps": steps, "verification": verification, "times": self._times(),
-                   "class_names": data.class_names}
+                   "class_names": data.class_names, "input_shape": list(data.input_shape),
+                   "num_classes_trained": self._trained_classes}
+        if is_main():
+            self._write_insight(original, data, metrics1["channels"])
         self._write(pruned, original, metrics, data)
         return Result(self.out, metrics, pruned, original, cfg)
 
@@ -191,6 +196,7 @@ class _Context:
     def _trained_original(self, data) -> nn.Module:
         cfg, done = self.cfg, self.ckpt / "trained.pt"
         full = data if data.classes is None else datasets.load(dataclasses.replace(cfg.data, classes=None), cfg.seed)
+        self._trained_classes = full.num_classes
         model = self._fresh(full.num_classes)
         if done.exists():
             model.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
@@ -266,6 +272,15 @@ class _Context:
         self.times["finetune_s"] = time.perf_counter() - t0
         return pruned.eval()
 
+    def _write_insight(self, original: nn.Module, data, kept: dict) -> None:
+        p = self.cfg.prune
+        needs_data = _criteria.get(p.criterion).needs_data
+        calib = datasets.loader(data.calibration, self.cfg.data.batch_size) if needs_data else None
+        example = torch.zeros(1, *data.input_shape, device=self.device)
+        info = insight(original, example, p.criterion, kept, data=calib, max_batches=p.max_batches,
+                       ignored_layers=tuple(p.ignored_layers))
+        (self.out / "insight.json").write_text(json.dumps(info))
+
     def _measure(self, model: nn.Module, data) -> dict:
         return measure(model, data.test, data.input_shape, self.device, data.num_classes, self.cfg.eval,
                        self.cfg.data.batch_size)
@@ -303,7 +318,6 @@ class _Context:
             writer.writeheader()
             writer.writerows(rows)
         if self.cfg.report:
-            from surgery.pipeline.report_files import write_reports
             write_reports(self.out)
         self.log(f"wrote {self.out}")
 
