@@ -18,6 +18,7 @@ num_classes=N when it accepts it). --weights loads a state_dict (weights_only=Tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -135,7 +136,8 @@ def _pipeline(args) -> int:
         return 0
     from surgery.pipeline import run
     result = run(cfg, resume=args.resume, eval_only=args.eval_only, model_path=args.model_path)
-    _print_summary(result.metrics, result.out)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
+        _print_summary(result.metrics, result.out)
     return 0
 
 
@@ -150,7 +152,13 @@ def _print_summary(metrics: dict, out) -> None:
 
 
 def main(argv: list | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may follow options (argparse stops collecting positionals there)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _run(args)
     except CliError as err:

@@ -47,7 +47,7 @@ from surgery.pipeline.insight import insight
 from surgery.pipeline.config import ConfigError, RunConfig, resolve, to_yaml
 from surgery.pipeline.measure import measure
 from surgery.pipeline.report_files import write_reports
-from surgery.pipeline.training import distributed, evaluate_accuracy, fit, is_main
+from surgery.pipeline.training import distributed, evaluate_accuracy, fit, is_main, sync_from_rank0
 from surgery.plan import Plan
 from surgery.pruner import Pruner
 from surgery.replay import apply_plan
@@ -163,6 +163,7 @@ class _Context:
         pruned, steps, verification = self._pruned(original, data)
         after_prune = evaluate_accuracy(pruned, data.test, self.device)
         self.log(f"pruned: accuracy {after_prune:.4f} before fine-tuning; {verification}")
+        _same_on_every_rank(pruned)
         pruned = self._finetuned(pruned, original, data)
         metrics1 = self._measure(pruned, data)
         self.log(f"fine-tuned: accuracy {metrics1['accuracy']:.4f}, {metrics1['params']:,} params "
@@ -172,8 +173,7 @@ class _Context:
                    "steps": steps, "verification": verification, "times": self._times(),
                    "class_names": data.class_names, "input_shape": list(data.input_shape),
                    "num_classes_trained": self._trained_classes}
-        if is_main():
-            self._write_insight(original, data, metrics1["channels"])
+        self._write_insight(original, data, metrics1["channels"])  # every rank: calibration is collective
         self._write(pruned, original, metrics, data)
         return Result(self.out, metrics, pruned, original, cfg)
 
@@ -212,6 +212,7 @@ class _Context:
             self.times["train_s"] = time.perf_counter() - t0
             if is_main():
                 torch.save(model.state_dict(), done)
+        sync_from_rank0(model)  # loaded or trained, every rank starts pruning from rank 0's weights
         if data.classes is not None:
             keep_classes(model, data.classes)
             self.log(f"classifier reduced to classes {data.classes} ({', '.join(data.class_names)})")
@@ -279,7 +280,8 @@ class _Context:
         example = torch.zeros(1, *data.input_shape, device=self.device)
         info = insight(original, example, p.criterion, kept, data=calib, max_batches=p.max_batches,
                        ignored_layers=tuple(p.ignored_layers))
-        (self.out / "insight.json").write_text(json.dumps(info))
+        if is_main():
+            (self.out / "insight.json").write_text(json.dumps(info))
 
     def _measure(self, model: nn.Module, data) -> dict:
         return measure(model, data.test, data.input_shape, self.device, data.num_classes, self.cfg.eval,
@@ -343,6 +345,19 @@ def _agree(pruner: Pruner, before: nn.Module | None, example: torch.Tensor) -> N
     dist.broadcast_object_list(box, src=0)
     if dist.get_rank():
         pruner.model = apply_plan(before, Plan.from_json(box[0]), example_inputs=example, inplace=True)
+
+
+def _same_on_every_rank(model: nn.Module) -> None:
+    """Under torch.distributed: every rank must hold the same architecture and weights."""
+    if not distributed():
+        return
+    shapes = [tuple(t.shape) for t in model.state_dict().values()]
+    total = float(sum(t.double().sum() for t in model.state_dict().values() if t.is_floating_point()))
+    mine, every = (shapes, round(total, 6)), [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if any(other != every[0] for other in every):
+        raise RuntimeError("ranks hold different pruned models after the broadcast of rank 0's plan; "
+                           "please report this as a bug")
 
 
 def _init_distributed() -> bool:

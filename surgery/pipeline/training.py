@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from surgery.pipeline.data import Data, loader
 
-__all__ = ["fit", "evaluate_accuracy", "is_main", "distributed"]
+__all__ = ["fit", "evaluate_accuracy", "is_main", "distributed", "sync_from_rank0"]
 
 
 def distributed() -> bool:
@@ -61,6 +61,7 @@ def fit(model: nn.Module, data: Data, cfg, *, stage: str, device: torch.device, 
         t0 = time.perf_counter()
         loss, acc = _epoch(net, batches, opt, sched, scaler, cfg, device, amp, teacher,
                            f"{stage} {epoch + 1}/{cfg.epochs}")
+        sync_from_rank0(model)
         val = evaluate_accuracy(model, data.val, device, batch_size) if data.val is not None else None
         rows.append({"stage": stage, "epoch": epoch + 1, "loss": loss, "train_acc": acc, "val_acc": val,
                      "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0})
@@ -109,7 +110,7 @@ def _epoch(net, batches, opt, sched, scaler, cfg, device, amp, teacher, desc) ->
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total_loss += float(loss) * len(y)
+            total_loss += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
@@ -148,6 +149,15 @@ def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@torch.no_grad()
+def sync_from_rank0(model: nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (BatchNorm statistics are updated
+    locally by each rank's last forward, so they drift apart under DDP)."""
+    if distributed():
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
 
 
 def _resume(path: str, model, opt, sched, scaler) -> tuple:
