@@ -13,19 +13,22 @@ Example:
 import importlib
 import warnings
 
-from surgery.groups import ChannelGraph, Group, Member
-from surgery.tracing import ShapeError, TraceError, trace
-from surgery.pruner import PruneConfig, Pruner, prune
-from surgery.surgeon import Surgeon
-from surgery.plan import Plan
-from surgery.replay import apply_plan
-from surgery.layers import keep_classes
-from surgery.report import Report, report
-from surgery.saving import load, save
-from surgery.verify import Verification, VerificationError
 from surgery.version import __version__
-from surgery import extend, layers, metrics, sparsity, testing  # noqa: F401  (submodule namespaces)
+from surgery.report import Report, report  # eager: the submodule surgery.report would shadow the function
 
+# Names are loaded on first use (PEP 562), so `import surgery.criteria` and `surgery --help`
+# do not pay for the engine; `from surgery import prune` works as usual.
+_LAZY = {
+    "ChannelGraph": "surgery.groups", "Group": "surgery.groups", "Member": "surgery.groups",
+    "ShapeError": "surgery.tracing", "TraceError": "surgery.tracing", "trace": "surgery.tracing",
+    "PruneConfig": "surgery.pruner", "Pruner": "surgery.pruner", "prune": "surgery.pruner",
+    "Surgeon": "surgery.surgeon", "Plan": "surgery.plan", "apply_plan": "surgery.replay",
+    "keep_classes": "surgery.layers",
+    "load": "surgery.saving", "save": "surgery.saving", "Verification": "surgery.verify",
+    "VerificationError": "surgery.verify",
+}
+_SUBMODULES = ("extend", "layers", "metrics", "sparsity", "testing", "pipeline", "criteria", "models",
+               "architectures")
 
 __all__ = ["trace", "prune", "Pruner", "PruneConfig", "Surgeon", "Plan", "apply_plan", "save", "load",
            "report", "Report", "keep_classes", "ChannelGraph", "Group", "Member", "TraceError", "ShapeError",
@@ -46,6 +49,12 @@ _DEPRECATED = {
 
 
 def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"surgery.{name}")
     if name not in _DEPRECATED:
         raise AttributeError(f"module 'surgery' has no attribute {name!r}")
     module, attr = _DEPRECATED[name]
@@ -53,3 +62,7 @@ def __getattr__(name: str):
     warnings.warn(f"surgery.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
     mod = importlib.import_module(module)
     return getattr(mod, attr) if attr else mod
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
