@@ -78,6 +78,7 @@ class TrainSection:
 @dataclass
 class PruneSection:
     criterion: str = "l1"
+    criterion_options: Dict[str, Any] = field(default_factory=dict)  # e.g. {mode: target} for ocap
     ratio: Optional[float] = None
     target_flops: Optional[float] = None
     target_params: Optional[float] = None
@@ -212,7 +213,7 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
-_DICT_KEYS = {"model.kwargs"}
+_DICT_KEYS = {"model.kwargs", "prune.criterion_options"}
 
 
 def _check_keys(layer: dict, where: str) -> None:

@@ -27,7 +27,7 @@ from surgery.tracing import trace
 __all__ = ["insight", "activations"]
 
 
-def insight(original: nn.Module, example: torch.Tensor, criterion: str, kept: dict, *, data: Any = None,
+def insight(original: nn.Module, example: torch.Tensor, criterion: Any, kept: dict, *, data: Any = None,
             max_batches: int | None = None, ignored_layers: tuple = ()) -> dict:
     """``{"groups": [...], "scores": {anchor: [...]}, "activations": {layer: [...]}}``.
 
@@ -52,7 +52,7 @@ def insight(original: nn.Module, example: torch.Tensor, criterion: str, kept: di
                 scores[anchor] = [float(s) for s in crit.score(group_view(graph, g))]
             except (ValueError, RuntimeError):  # a criterion that cannot score this group alone
                 pass
-    out = {"groups": groups, "scores": scores, "criterion": crit.name if hasattr(crit, "name") else criterion}
+    out = {"groups": groups, "scores": scores, "criterion": getattr(crit, "name", "") or str(criterion)}
     if crit.needs_data and data is not None:
         out["activations"] = activations(original, data, max_batches or 4)
     return out

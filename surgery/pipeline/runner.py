@@ -231,11 +231,11 @@ class _Context:
         example = torch.zeros(1, *data.input_shape, device=self.device)
         budget = {k: getattr(p, k) for k in ("ratio", "target_flops", "target_params") if getattr(p, k) is not None}
         budget = budget or {"target_flops": 0.5}
-        config = PruneConfig(criterion=p.criterion, global_pruning=p.global_pruning, normalize=p.normalize,
+        config = PruneConfig(criterion=_criteria.get(p.criterion, **p.criterion_options), global_pruning=p.global_pruning, normalize=p.normalize,
                              max_ratio=p.max_ratio, min_channels=p.min_channels, round_to=p.round_to,
                              iterative_steps=p.iterative_steps, schedule=p.schedule, verify=p.verify,
                              ignored_layers=tuple(p.ignored_layers), **budget)
-        needs_data = _criteria.get(p.criterion).needs_data
+        needs_data = _criteria.get(p.criterion, **p.criterion_options).needs_data
         calib = datasets.loader(data.calibration, cfg.data.batch_size, distributed=distributed()) if needs_data else None
         t0 = time.perf_counter()
         pruner = Pruner(original, example, config, data=calib, max_batches=p.max_batches if needs_data else None)
@@ -275,10 +275,10 @@ class _Context:
 
     def _write_insight(self, original: nn.Module, data, kept: dict) -> None:
         p = self.cfg.prune
-        needs_data = _criteria.get(p.criterion).needs_data
+        needs_data = _criteria.get(p.criterion, **p.criterion_options).needs_data
         calib = datasets.loader(data.calibration, self.cfg.data.batch_size) if needs_data else None
         example = torch.zeros(1, *data.input_shape, device=self.device)
-        info = insight(original, example, p.criterion, kept, data=calib, max_batches=p.max_batches,
+        info = insight(original, example, _criteria.get(p.criterion, **p.criterion_options), kept, data=calib, max_batches=p.max_batches,
                        ignored_layers=tuple(p.ignored_layers))
         if is_main():
             (self.out / "insight.json").write_text(json.dumps(info))
