@@ -40,13 +40,17 @@ def _conv_linear(report) -> list:
     return [r for r in report.layers if r.type.startswith("Conv") or r.type == "Linear"]
 
 
-def channels_per_layer(report):
+def channels_per_layer(report, ax=None):
+    """Bars of output channels before/after; drawn on ``ax`` when given (returns its figure)."""
     rows = _conv_linear(report)
     if not rows:
         return None
     plt = pyplot()
     n = len(rows)
-    fig, ax = plt.subplots(figsize=(min(16, max(7, 0.28 * n + 2)), 4.2))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(min(16, max(7, 0.28 * n + 2)), 4.2))
+    else:
+        fig = ax.figure
     x = np.arange(n)
     ax.bar(x - 0.2, [r.channels[0] for r in rows], 0.4, label="before", color="#9aa5b1")
     ax.bar(x + 0.2, [r.channels[1] for r in rows], 0.4, label="after", color="#2a7ab0")
@@ -55,7 +59,8 @@ def channels_per_layer(report):
     ax.set_xticklabels([r.name for r in rows], rotation=90, fontsize=max(5, 9 - n // 15))
     ax.legend(frameon=False)
     ax.set_title("Output channels of each conv / linear layer, before and after")
-    fig.tight_layout()
+    if len(fig.axes) == 1:
+        fig.tight_layout()
     return fig
 
 

@@ -53,7 +53,7 @@ def summary_rows(report) -> list[tuple[str, str, str, str]]:
     for batch in (p.get("latency_ms") or {}):
         a, b = (o.get("latency_ms") or {}).get(batch, {}).get("median_ms"), p["latency_ms"][batch]["median_ms"]
         rows.append((f"latency, batch {batch} (median)", fmt("latency", a), fmt("latency", b),
-                     f"{a / b:.2f}x faster" if a and b else ""))
+                     "" if not (a and b) else f"{a / b:.2f}x faster" if a >= b else f"{b / a:.2f}x slower"))
     if "size_bytes" in p:
         rows.append(("size on disk", fmt("size", o.get("size_bytes")), fmt("size", p["size_bytes"]),
                      _change("n", o.get("size_bytes"), p["size_bytes"])))
@@ -208,8 +208,15 @@ def _summary_page(plt, report):
     fig.text(0.08, y, "Risk notes", fontsize=13, weight="bold", va="top")
     notes = risks(report) or ["none found"]
     wrapped = [line for n in notes for line in textwrap.wrap("- " + n, 95, subsequent_indent="  ")]
-    fig.text(0.08, y - 0.03, "\n".join(wrapped[:40]) + ("\n..." if len(wrapped) > 40 else ""), fontsize=8.5,
+    shown = wrapped[:24] + (["... (all notes in the HTML report and report.md)"] if len(wrapped) > 24 else [])
+    fig.text(0.08, y - 0.03, "\n".join(shown), fontsize=8.5,
              va="top", family="monospace", color="#9b1c31" if risks(report) else "#1f2933")
+    bottom = y - 0.05 - 0.0145 * len(shown)
+    if bottom > 0.35:  # room for the channel chart on the first page
+        ax = fig.add_axes([0.1, 0.12, 0.84, min(0.3, bottom - 0.2)])
+        report_plots.channels_per_layer(report, ax=ax)
+        for label in ax.get_xticklabels():
+            label.set_fontsize(max(4, 8 - len(ax.get_xticklabels()) // 12))
     return fig
 
 

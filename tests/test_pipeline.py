@@ -210,3 +210,13 @@ def test_training_options_early_stopping_and_distillation():
     assert 1 <= len(rows) <= 4 and all(a["lr"] > b["lr"] for a, b in zip(rows, rows[1:]))  # cosine decay
     best = max(range(len(rows)), key=lambda i: rows[i]["val_acc"])
     assert any(f"kept the weights of epoch {best + 1}" in line for line in lines)
+
+
+def test_runs_are_deterministic_on_cpu(finished, tmp_path):
+    again = run(_tiny(tmp_path / "again", report=False))
+    first = json.loads((finished.out / "metrics.json").read_text())
+    assert again.metrics["pruned"]["accuracy"] == first["pruned"]["accuracy"]
+    assert again.metrics["accuracy_after_prune"] == first["accuracy_after_prune"]
+    assert json.loads((again.out / "plan.json").read_text()) == json.loads((finished.out / "plan.json").read_text())
+    a, b = surgery.load(again.out / "model.pt").state_dict(), surgery.load(finished.out / "model.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
