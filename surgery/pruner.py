@@ -23,6 +23,7 @@ import numpy as np
 import torch.nn as nn
 
 import surgery.criteria as _criteria
+from surgery.cost import CostModel
 from surgery.budget import Budget, PruneConfig, check_ratio, scheduled
 from surgery.groups import ChannelGraph
 from surgery.history import record
@@ -176,22 +177,39 @@ class Pruner:
         return np.concatenate(units) if units else EMPTY
 
     def _search(self, graph: ChannelGraph, goal: float, step: int) -> np.ndarray:
-        """Bisection on the ratio until the kept cost fraction is within 0.5% of ``goal``."""
+        """Bisection on the ratio with the analytic cost model (no rewrite per probe), then one
+        real measurement of the chosen model; if it misses ``goal`` by more than 0.5%, the
+        analytic target is shifted by the miss and the search repeated (at most 3 times)."""
+        kind = "params" if self.config.target_params is not None else "flops"
+        model = CostModel(self.model, graph, self.example_inputs, kind)
         if self._cost0 is None:
-            self._cost0 = self._cost(self.model)
-        lo, hi, best = 0.0, 0.999, None
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            units = self._select(graph, mid, step)
+            self._cost0 = model.total  # the same count as _cost on the model before the first step
+        scale = model.total / self._cost0  # this step's model against the original
+        aim, best = goal, None
+        for _ in range(4):
+            units = self._bisect(graph, model, aim / scale, step)
             kept = self._cost(rewrite(self.model, graph, units)) / self._cost0
             if best is None or abs(kept - goal) < abs(best[0] - goal):
                 best = (kept, units)
             if abs(kept - goal) <= 0.005:
                 break
-            lo, hi = (mid, hi) if kept > goal else (lo, mid)
+            aim += goal - kept
         if abs(best[0] - goal) > 0.02:
             warnings.warn(f"could only reach {best[0]:.1%} of the original cost (target {goal:.1%}); "
                           f"frozen groups, max_ratio or min_channels limit pruning", stacklevel=3)
+        return best[1]
+
+    def _bisect(self, graph: ChannelGraph, model: CostModel, goal: float, step: int) -> np.ndarray:
+        lo, hi, best = 0.0, 0.999, None
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            units = self._select(graph, mid, step)
+            kept = model.kept(units)
+            if best is None or abs(kept - goal) < abs(best[0] - goal):
+                best = (kept, units)
+            if abs(kept - goal) <= 0.001:
+                break
+            lo, hi = (mid, hi) if kept > goal else (lo, mid)
         return best[1]
 
     def _cost(self, model: nn.Module) -> float:
