@@ -24,7 +24,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    print(f"| model | target | seconds | FLOPs kept | miss |\n|---|---:|---:|---:|---:|")
+    print("| model | target | seconds | FLOPs kept | miss |\n|---|---:|---:|---:|---:|")
     for name in args.models.split(","):
         torch.manual_seed(0)
         model, x = torchvision.models.get_model(name, weights=None).eval(), torch.randn(1, 3, 224, 224)

@@ -201,9 +201,9 @@ class ConvHandler(Handler):
 
 
 def _group_index(alive: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the kept positions ``local`` inside every kept group ``alive``, group-major."""
     n = local.numel()
-    rows = [torch.nonzero(local).flatten() + gi * n for gi in torch.nonzero(alive).flatten().tolist()]
-    return torch.cat(rows)
+    return (torch.nonzero(alive).flatten()[:, None] * n + torch.nonzero(local).flatten()[None, :]).flatten()
 
 
 # --------------------------------------------------------------------------- linear, embedding
