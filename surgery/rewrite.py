@@ -20,15 +20,26 @@ from surgery.transaction import transaction
 __all__ = ["rewrite", "set_submodule", "keep_indices"]
 
 
-def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(root: nn.Module, name: str, new: nn.Module, names: dict | None = None) -> None:
     """Replace submodule ``name`` (dotted path) of ``root`` with ``new``, under every name the
-    same module object is registered (a layer used twice in a Sequential stays one layer)."""
+    same module object is registered (a layer used twice in a Sequential stays one layer).
+    ``names`` ({id(module): [names]}, from :func:`module_names`) saves a walk per call."""
     old = root.get_submodule(name)
-    aliases = [n for n, m in root.named_modules(remove_duplicate=False) if m is old] if name else []
+    if names is None:
+        names = module_names(root)
+    aliases = names.get(id(old), []) if name else []
     for alias in aliases or [name]:
         parent_name, _, attr = alias.rpartition(".")
         parent = root.get_submodule(parent_name) if parent_name else root
         setattr(parent, attr, new)
+
+
+def module_names(root: nn.Module) -> dict:
+    """{id(module): every dotted name it is registered under}."""
+    out: dict = defaultdict(list)
+    for n, m in root.named_modules(remove_duplicate=False):
+        out[id(m)].append(n)
+    return out
 
 
 def keep_indices(graph: ChannelGraph, removed: np.ndarray) -> dict:
@@ -66,6 +77,7 @@ def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
     for (name, role), keep in keeps.items():
         by_layer[(name, kinds[(name, role)] == Kind.PARAM)][role] = keep
     owned: dict = defaultdict(dict)
+    names = module_names(target)  # replacing a leaf module changes no other module's names
     for (name, is_param), roles in by_layer.items():
         if is_param:
             owner, _, attr = name.rpartition(".")
@@ -73,7 +85,7 @@ def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
         else:
             module = target.get_submodule(name)
             new = handler_for(module).prune(module, roles.get("in"), roles.get("out"))
-            set_submodule(target, name, new)
+            set_submodule(target, name, new, names)
     for owner, attrs in owned.items():
         _slice_owned(target, owner, attrs)
     _retie(target, ties)
