@@ -38,7 +38,7 @@ def main() -> None:
               f"{base['32']['median_ms']:.1f} | 1.00 |", flush=True)
         for ratio in (float(r) for r in args.ratios.split(",")):
             for round_to in (None, 8):
-                small = surgery.prune(model.cpu(), x, ratio=ratio, round_to=round_to, verify=False).to(device)
+                small = surgery.Pruner(model.cpu(), x, ratio=ratio, round_to=round_to, verify=False).run().to(device)
                 t = latency(small, (3, 224, 224), [1, 32], args.repeats, 3, device)
                 b1, b32 = t["1"]["median_ms"], t["32"]["median_ms"]
                 print(f"| {name} | {ratio} | {round_to or ''} | {sum(q.numel() for q in small.parameters()):,} | "

@@ -220,3 +220,20 @@ def test_runs_are_deterministic_on_cpu(finished, tmp_path):
     assert json.loads((again.out / "plan.json").read_text()) == json.loads((finished.out / "plan.json").read_text())
     a, b = surgery.load(again.out / "model.pt").state_dict(), surgery.load(finished.out / "model.pt").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_library_works_without_matplotlib(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "import torch, surgery\n"
+            "from surgery.models import create\n"
+            "m, x = create('resnet20'), torch.randn(1, 3, 32, 32)\n"
+            "r = surgery.report(m, surgery.prune(m, x, ratio=0.5), x)\n"
+            "assert 'parameters' in r.to_markdown()\n"
+            "try:\n"
+            f"    r.to_html({str(tmp_path / 'r.html')!r})\n"
+            "except ImportError as err:\n"
+            "    assert '[report]' in str(err), err\n"
+            "else:\n"
+            "    raise SystemExit('no ImportError')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
