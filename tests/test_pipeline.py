@@ -179,10 +179,12 @@ def test_ddp_with_two_processes_gives_every_rank_the_same_model(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURGERY_")}
     done = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "surgery", "run", "train.epochs=1",
                            "finetune.epochs=1", "eval.latency=false", "report=false", "prune.criterion=taylor",
+                           "prune.iterative_steps=2", "prune.epochs_between=1", "prune.ratio=0.5",
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["pruned"]["flops"] < m["original"]["flops"]
+    assert m["pruned"]["flops"] < m["original"]["flops"] and len(m["steps"]) == 2
+    assert [r["stage"] for r in csv.DictReader(open(out / "history.csv"))].count("between 1") == 1
     assert done.stdout.count("run folder:") == 1  # only rank 0 speaks
 
 

@@ -225,9 +225,6 @@ class _Context:
             saved = json.loads(info.read_text())
             return load(done, self._fresh(data.num_classes)).to(self.device), saved["steps"], saved["verification"]
         p, cfg = self.cfg.prune, self.cfg
-        if distributed() and p.epochs_between:
-            raise ConfigError("prune.epochs_between is not supported under torchrun yet; fine-tune after "
-                              "pruning instead (finetune.epochs)")
         example = torch.zeros(1, *data.input_shape, device=self.device)
         budget = {k: getattr(p, k) for k in ("ratio", "target_flops", "target_params") if getattr(p, k) is not None}
         budget = budget or {"target_flops": 0.5}
@@ -247,6 +244,7 @@ class _Context:
             pruner.step()
             _agree(pruner, before, example)
             model = pruner.model
+            _same_on_every_rank(model)
             steps.append({"step": i + 1, "accuracy": evaluate_accuracy(model, data.test, self.device),
                           "flops": count_flops(model.cpu(), example.cpu()) / flops0})
             model.to(self.device)
