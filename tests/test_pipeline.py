@@ -239,3 +239,17 @@ def test_the_library_works_without_matplotlib(tmp_path):
             "    raise SystemExit('no ImportError')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_an_image_folder_is_read_with_its_class_names(tmp_path):
+    from PIL import Image
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("cat", "dog", "owl"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 40), (i * 20, 60, 90)).save(tmp_path / split / c / f"{i}.png")
+    d = load(DataSection(name="folder", root=str(tmp_path), image_size=32, classes=[0, 2], val_fraction=0.25), 0)
+    assert d.class_names == ["cat", "owl"] and d.num_classes == 2 and d.input_shape == (3, 32, 32)
+    assert len(d.test) == 4 and len(d.train) + len(d.val) == 12
+    x, y = d.train[0]
+    assert x.shape == (3, 32, 32) and y in (0, 1)
