@@ -134,11 +134,14 @@ def keys(section: Any = RunConfig, prefix: str = "") -> list[str]:
     return out
 
 
-def resolve(config_file: str | os.PathLike | None = None, preset: str | None = None,
+def resolve(config_file: str | os.PathLike | dict | None = None, preset: str | None = None,
             overrides: list[str] | tuple = (), env: Mapping[str, str] | None = None) -> RunConfig:
-    """The run configuration from its layers (see the module docstring)."""
+    """The run configuration from its layers (see the module docstring). ``config_file``
+    may also be a dict of sections, as the file would hold."""
     layers = []
-    if config_file is not None:
+    if isinstance(config_file, dict):
+        layers.append(("given configuration", config_file))
+    elif config_file is not None:
         layers.append((f"config file {config_file}", _from_yaml(config_file)))
     if preset is not None:
         if preset not in PRESETS:

@@ -100,7 +100,7 @@ def _setup(config, resume) -> tuple[RunConfig, Path]:
     elif isinstance(config, RunConfig):
         cfg = config
     elif isinstance(config, dict):
-        cfg = _from_dict(config)
+        cfg = resolve(config, env={})
     elif isinstance(config, (str, os.PathLike)):
         cfg = resolve(config, env={})
     else:
@@ -108,17 +108,6 @@ def _setup(config, resume) -> tuple[RunConfig, Path]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model.name}-{cfg.data.name}")
     return cfg, Path(cfg.out or os.path.join("runs", f"{name}-{stamp}"))
-
-
-def _from_dict(d: dict) -> RunConfig:
-    import tempfile
-    import yaml
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(d, f)
-    try:
-        return resolve(f.name, env={})
-    finally:
-        os.unlink(f.name)
 
 
 class _Context:
