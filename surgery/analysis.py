@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from surgery.rules.attention import head_splits
 from surgery.rules.context import AXES_KEY, RuleContext, TensorMeta, iter_vars
 from surgery.rules.registry import function_rule_for, method_rule_for, module_rule_for
 from surgery.rules.shape_ops import SIZE_OF, SIZE_TAKERS
@@ -14,9 +15,12 @@ from surgery.rules.shape_ops import SIZE_OF, SIZE_TAKERS
 __all__ = ["analyse"]
 
 
-def analyse(gm: fx.GraphModule) -> RuleContext:
-    """Annotate every node with ``node.meta["surgery.axes"]`` and collect slots/patches."""
-    ctx = RuleContext(gm)
+def analyse(gm: fx.GraphModule, attention: str = "dims") -> RuleContext:
+    """Annotate every node with ``node.meta["surgery.axes"]`` and collect slots/patches.
+    ``attention="heads"`` makes whole heads the units of the reshapes that feed attention."""
+    ctx = RuleContext(gm, attention=attention)
+    if attention == "heads":
+        ctx.head_splits = head_splits(gm)
     for node in gm.graph.nodes:
         ctx.node = node
         node.meta[AXES_KEY] = _run(ctx, node)

@@ -49,6 +49,8 @@ class PruneConfig:
     target_flops / target_params: fraction to keep instead of a ratio (fvcore FLOPs).
     iterative_steps / schedule: reach the final budget in steps ("linear", "exponential",
     or a callable (step, steps, final) -> fraction removed after that step).
+    attention: "dims" (every head loses the same head dims) or "heads" (whole heads go).
+    head_ratio: fraction of the heads to remove in head groups (default: ``ratio``).
     inplace: edit the given model (all or nothing) instead of returning a pruned copy.
     verify: check the rewrite against the original with the removed channels masked
     (``surgery.VerificationError`` on a mismatch); False checks output shapes only.
@@ -69,9 +71,16 @@ class PruneConfig:
     schedule: str | Callable = "linear"
     inplace: bool = False
     verify: bool = True
+    attention: str = "dims"
+    head_ratio: float | None = None
 
     def validate(self) -> "PruneConfig":
         check_ratio(self.ratio)
+        if self.head_ratio is not None:
+            check_ratio(self.head_ratio, "head_ratio")
+        if self.attention not in ("dims", "heads"):
+            raise ValueError(f"attention must be 'dims' (prune head dims) or 'heads' (remove whole heads), "
+                             f"got {self.attention!r}")
         for key, r in self.ratios.items():
             check_ratio(r, f"ratios[{key!r}]")
         if not 0.0 < self.max_ratio <= 1.0:
@@ -194,9 +203,11 @@ class Budget:
         fixed, pooled = {}, []
         for g in graph.prunable_groups:
             r = self.explicit_ratio(g)
-            if r is None and self.config.global_pruning:
+            if r is None and self.config.global_pruning and not (g.heads and self.config.head_ratio is not None):
                 pooled.append(g)
             else:
+                if r is None and g.heads and self.config.head_ratio is not None:
+                    r = self.config.head_ratio
                 final = ratio if r is None else self._scaled(r, step)
                 fixed[g.index] = g.size - self._kept(g, self.original(g) - _floor(final * self.original(g)))
         if pooled:

@@ -41,13 +41,15 @@ class Group:
     """Channels that must be removed together, wherever they appear.
 
     ``size`` is the number of removable units; ``units`` holds their variable ids.
-    A frozen group has ``prunable=False`` and a ``reason``.
+    A frozen group has ``prunable=False`` and a ``reason``. ``heads`` is True when each
+    unit is a whole attention head (``attention="heads"``).
     """
     index: int
     units: np.ndarray
     members: list
     prunable: bool
     reason: str | None = None
+    heads: bool = False
 
     @property
     def size(self) -> int:
@@ -71,7 +73,7 @@ class Group:
 
     def __str__(self) -> str:
         state = "prunable" if self.prunable else f"frozen: {self.reason}"
-        lines = [f"Group {self.index}: {self.size} channels, {state}"]
+        lines = [f"Group {self.index}: {self.size} {'heads' if self.heads else 'channels'}, {state}"]
         lines += [f"  {m.describe()}" for m in self.members]
         return "\n".join(lines)
 
@@ -117,11 +119,13 @@ class ChannelGraph:
         rows = [head, "-" * 72]
         for g in self.groups:
             prods = ", ".join(m.name for m in g.producers) or "-"
-            rows.append(f"{g.index:>5} {g.size:>6}  {'prunable' if g.prunable else 'frozen':<9} "
+            size = f"{g.size}h" if g.heads else str(g.size)
+            rows.append(f"{g.index:>5} {size:>6}  {'prunable' if g.prunable else 'frozen':<9} "
                         f"{textwrap.shorten(prods, 60, placeholder=' ...')}")
             if not g.prunable:
                 rows += textwrap.wrap(g.reason, 72, initial_indent=" " * 15 + "why: ", subsequent_indent=" " * 20)
-        rows.append(f"{len(self.groups)} groups, {len(self.prunable_groups)} prunable")
+        rows.append(f"{len(self.groups)} groups, {len(self.prunable_groups)} prunable"
+                    + (" (size 'Nh': N whole attention heads)" if any(g.heads for g in self.groups) else ""))
         return "\n".join(rows)
 
     def summary(self) -> str:
@@ -146,12 +150,17 @@ def build_groups(ctx: RuleContext) -> tuple[list, np.ndarray]:
     by_sig: dict = defaultdict(list)
     for u, sl in touching.items():
         by_sig[(tuple(sl), u in frozen)].append(u)
+    head_roots = set(roots[np.concatenate(ctx.head_vars)].tolist()) if ctx.head_vars else set()
+    notes = [(set(roots[v].tolist()), why) for v, why in ctx.notes]
     groups = []
     for (sig, is_frozen), units in sorted(by_sig.items(), key=lambda kv: (kv[0][0], min(kv[1]))):
         units = np.array(sorted(units), dtype=np.int64)
         members = [_member(slots[si], slot_roots[si], units) for si in sig]
         reason = next((frozen[u] for u in units.tolist() if u in frozen), None)
-        groups.append(Group(len(groups), units, members, not is_frozen, reason))
+        if reason is not None:
+            reason = "; ".join([reason] + sorted({why for roots_, why in notes if roots_ & set(units.tolist())}))
+        heads = bool(head_roots) and all(u in head_roots for u in units.tolist())
+        groups.append(Group(len(groups), units, members, not is_frozen, reason, heads))
     return groups, roots
 
 

@@ -41,7 +41,8 @@ __all__ = ["prune", "Pruner", "PruneConfig", "calibrate"]
 def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any = "l1",
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), inplace: bool = False,
           data: Any = None, max_batches: int | None = None, forward_fn: Any = None,
-          loss_fn: Any = None, verify: bool = True) -> nn.Module:
+          loss_fn: Any = None, verify: bool = True, attention: str = "dims",
+          head_ratio: float | None = None) -> nn.Module:
     """Remove ``floor(ratio * size)`` channels from every prunable group.
 
     Channels that reach a model output are never pruned, so the classifier needs no
@@ -51,6 +52,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
     for other batch shapes and losses). Same as ``Pruner(...).step()`` with one step.
     With ``verify=True`` the result is checked against the original with the removed
     channels masked (``surgery.VerificationError`` on a mismatch; see README "Correctness").
+    ``attention="heads"`` removes whole attention heads (``head_ratio`` of them, default
+    ``ratio``) instead of the same head dims from every head.
 
     Example:
         >>> import torch, surgery
@@ -61,7 +64,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
         True
     """
     config = PruneConfig(ratio=check_ratio(ratio), criterion=criterion, ignored_layers=tuple_of(ignored_layers),
-                         leaf_modules=tuple_of(leaf_modules), inplace=inplace, verify=verify)
+                         leaf_modules=tuple_of(leaf_modules), inplace=inplace, verify=verify,
+                         attention=attention, head_ratio=head_ratio)
     return Pruner(model, example_inputs, config, data=data, max_batches=max_batches, forward_fn=forward_fn,
                   loss_fn=loss_fn).step()
 
@@ -156,7 +160,7 @@ class Pruner:
             if self.step_index:  # the first trace already said what it had to say
                 warnings.simplefilter("ignore")
             return trace(self.model, self.example_inputs, leaf_modules=self.config.leaf_modules,
-                         ignored_layers=self._ignored)
+                         ignored_layers=self._ignored, attention=self.config.attention)
 
     def _choose(self, graph: ChannelGraph, step: int) -> np.ndarray:
         opts = dict(self._data)

@@ -68,7 +68,10 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
         target = model if inplace else copy.deepcopy(model, _replaced_memo(model, keeps, kinds))
         target = _rebuild(target, keeps, kinds)
         changed = _patched_graph(graph, removed)
-        return target if changed is None else _graph_module(model, target, changed, graph)
+        if changed is None:
+            return target
+        _follow_attributes(target, changed[1])
+        return _graph_module(model, target, changed[0], graph)
 
 
 def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
@@ -151,6 +154,10 @@ def _slice_owned(root: nn.Module, owner_name: str, attrs: dict) -> None:
             and set(attrs) <= set(handler.tensors) and all(np.array_equal(k, keeps[0]) for k in keeps)):
         set_submodule(root, owner_name, handler.prune(owner, None, keeps[0]))
         return
+    sides = _sides(handler, owner, attrs) if handler is not None else None
+    if sides is not None:  # a layer's own weights read by a function (F.linear(x, self.qkv.weight))
+        set_submodule(root, owner_name, handler.prune(owner, sides.get("in"), sides.get("out")))
+        return
     for attr, roles in attrs.items():
         t = getattr(owner, attr)
         for role, keep in roles.items():
@@ -158,6 +165,23 @@ def _slice_owned(root: nn.Module, owner_name: str, attrs: dict) -> None:
                 t = t.index_select(role.dim, torch.as_tensor(keep, device=t.device))
         if t is not getattr(owner, attr):
             replace_param(owner, attr, t)
+
+
+def _sides(handler, owner: nn.Module, attrs: dict) -> dict | None:
+    """``{"in": keep, "out": keep}`` when every sliced (tensor, dim) is one the handler indexes
+    for a side and each side's slices agree; None otherwise."""
+    where = {}
+    for side in ("in", "out"):
+        for attr, dim in handler.tensor_dims(owner, side) or []:
+            where[(attr, dim)] = side
+    sides: dict = {}
+    for attr, roles in attrs.items():
+        for role, keep in roles.items():
+            side = where.get((attr, role.dim))
+            if side is None or (side in sides and not np.array_equal(sides[side], keep)):
+                return None
+            sides[side] = keep
+    return sides
 
 
 def _same_outputs(a: nn.Module, b: nn.Module, example_inputs) -> bool:
@@ -184,6 +208,7 @@ def _patched_graph(graph: ChannelGraph, removed: np.ndarray):
     if not edits:
         return None
     g = copy.deepcopy(graph.gm.graph)
+    owners = [(_owner(graph.gm.graph, p.node), len(p.vars), new) for p, new in edits]
     for n in g.nodes:  # analysis results hold references to nodes; the returned module needs none
         for key in [k for k in n.meta if k.startswith("surgery.")]:
             del n.meta[key]
@@ -197,7 +222,36 @@ def _patched_graph(graph: ChannelGraph, removed: np.ndarray):
             node.args = updated
         else:
             node.kwargs = updated
-    return g
+    return g, owners
+
+
+def _owner(g: fx.Graph, node_name: str) -> str | None:
+    """The innermost module whose forward holds the node (from fx's ``nn_module_stack``)."""
+    node = next((n for n in g.nodes if n.name == node_name), None)
+    stack = node.meta.get("nn_module_stack") if node is not None else None
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _follow_attributes(target: nn.Module, edits: list) -> None:
+    """A literal that changed in a module's forward (``reshape(B, N, 3, self.num_heads, D)``)
+    usually came from an int attribute of that module: set the attributes holding the old
+    value to the new one, so the module's own class keeps working (checked afterwards by
+    comparing it with the patched graph). Ambiguous edits (one old value, two new ones) are
+    left alone."""
+    wanted: dict = defaultdict(set)
+    for owner, old, new in edits:
+        if owner is not None:
+            wanted[(owner, old)].add(new)
+    for (owner, old), news in wanted.items():
+        try:
+            module = target.get_submodule(owner)
+        except AttributeError:
+            continue
+        if len(news) != 1:
+            continue
+        for attr, value in list(vars(module).items()):
+            if type(value) is int and value == old and not attr.startswith("_"):
+                setattr(module, attr, next(iter(news)))
 
 
 def _set_path(obj, path: tuple, value):

@@ -15,7 +15,7 @@ from surgery.inputs import layer_name
 from surgery.plan import plan_from_units
 from surgery.pruner import calibrate
 from surgery.selection import n_remove, select_units, units_for_positions
-from surgery.tracing import trace
+from surgery.tracing import check_attention, trace
 from surgery.verify import checked_rewrite
 
 __all__ = ["Surgeon"]
@@ -39,17 +39,19 @@ class Surgeon:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence = (),
-                 verify: bool = True) -> None:
+                 verify: bool = True, attention: str = "dims") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model, self.example_inputs, self.leaf_modules = model, example_inputs, tuple(leaf_modules)
+        self.attention = check_attention(attention)
         self.verify, self.verification = verify, None
         self.graph = self._trace()
 
     def _trace(self) -> ChannelGraph:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return trace(self.model, self.example_inputs, leaf_modules=self.leaf_modules)
+            return trace(self.model, self.example_inputs, leaf_modules=self.leaf_modules,
+                         attention=self.attention)
 
     def _members(self, name: str) -> list:
         return [(g, m) for g in self.graph.groups for m in g.members if m.name == name and m.role == "out"]

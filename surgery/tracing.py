@@ -30,7 +30,7 @@ __all__ = ["trace", "TraceError", "ShapeError", "symbolic_trace", "propagate"]
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
-          ignored_layers: Iterable = ()) -> ChannelGraph:
+          ignored_layers: Iterable = (), attention: str = "dims") -> ChannelGraph:
     """Trace ``model`` and compute its channel groups.
 
     Args:
@@ -39,6 +39,9 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         leaf_modules: module types, names or instances to treat as black boxes.
         ignored_layers: modules (or names) whose output channels must stay whole; a
             container (``model.layer1``) means every layer inside it.
+        attention: ``"dims"`` (every head loses the same head dims; the head count stays)
+            or ``"heads"`` (whole heads go: q/k/v rows, output-projection columns, and
+            the head-count attributes follow).
 
     Example:
         >>> import torch, torchvision, surgery
@@ -47,10 +50,11 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         12
     """
     check_model(model)
+    check_attention(attention)
     ignored = layer_names(model, ignored_layers, "ignored_layers")
     gm = symbolic_trace(model, leaf_modules)
     propagate(gm, example_inputs)
-    ctx = analyse(gm)
+    ctx = analyse(gm, attention)
     couple_shared_tensors(ctx, gm)
     _freeze_ignored(ctx, ignored)
     groups, roots = build_groups(ctx)
@@ -63,6 +67,14 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     for w in ctx.warnings:
         warnings.warn(w, stacklevel=2)
     return graph
+
+
+def check_attention(attention: Any) -> str:
+    """``attention`` as given, or a ValueError naming the accepted values."""
+    if attention not in ("dims", "heads"):
+        raise ValueError(f"attention must be 'dims' (prune head dims, keep the head count) or 'heads' "
+                         f"(remove whole heads), got {attention!r}")
+    return attention
 
 
 def check_model(model: nn.Module) -> None:

@@ -1,20 +1,124 @@
-"""nn.MultiheadAttention: its embed_dim is both the width of its inputs/outputs and of
-the packed q/k/v projections, so removing an embedding channel removes the same position
-of q, k, v and out_proj. Removal is balanced across heads (each head loses the same
-positions), so ``embed_dim`` stays divisible by ``num_heads``."""
+"""Attention: ``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``, and which
+reshapes split channels into heads.
+
+Two ways to prune attention (``attention=`` on ``surgery.trace``/``prune``):
+
+- ``"dims"``: every head loses the same positions of its head dim (a reshape into
+  ``(heads, head_dim)`` unifies the positions across heads), so the head count stays.
+- ``"heads"``: whole heads go. The reshapes that feed an attention product
+  (:func:`head_splits`) make each head one unit: its q/k/v rows, and the columns of the
+  output projection that read it. Grouped-query attention needs no special case: the
+  ``expand``/``reshape`` that repeats a key/value head for its query heads ties each
+  key/value head to every query head that reads it.
+
+nn.MultiheadAttention's embed_dim is both the width of its inputs/outputs and of the
+packed q/k/v projections, so removing an embedding channel removes the same position of
+q, k, v and out_proj: balanced across heads in "dims" mode, whole heads in "heads" mode."""
 from __future__ import annotations
 
 import math
+import operator
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from surgery.handlers import Handler, LinearHandler, _clone, _index, register_handler, replace_param
 from surgery.rules.context import RuleContext
-from surgery.rules.registry import register_module_rule
+from surgery.rules.elementwise import broadcast_axes
+from surgery.rules.registry import register_function_rule, register_module_rule
 
-__all__ = ["multihead_attention", "MultiheadAttentionHandler"]
+__all__ = ["multihead_attention", "MultiheadAttentionHandler", "scaled_dot_product_attention", "head_splits",
+           "ATTENTION_PRODUCTS"]
+
+_SDPA = [torch.nn.functional.scaled_dot_product_attention]
+_SDPA += [getattr(torch.ops.aten, n).default for n in ("scaled_dot_product_attention",)
+          if hasattr(torch.ops.aten, n)]
+_MATMULS = (torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", torch.einsum,
+            torch.ops.aten.matmul.default, torch.ops.aten.bmm.default)
+ATTENTION_PRODUCTS = tuple(_SDPA) + _MATMULS
+_RESHAPES = ("view", "reshape", "unflatten", torch.reshape, torch.ops.aten.view.default,
+             torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default)
+_STOPS = ("linear", "conv", "addmm", "mm", "baddbmm", "embedding")
+
+
+def head_splits(gm: fx.GraphModule) -> set:
+    """Names of the reshape nodes upstream of an attention product (SDPA, or a matmul of
+    two tensors of rank >= 3) with no layer in between: where channels become heads."""
+    found: set = set()
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_method") and node.target in ATTENTION_PRODUCTS and _batched(node):
+            for arg in node.all_input_nodes:
+                _walk_back(arg, found, set())
+    return found
+
+
+def _batched(node: fx.Node) -> bool:
+    if node.target in _SDPA:
+        return True
+    shapes = [a.meta.get("surgery.value") for a in node.all_input_nodes]
+    return sum(1 for v in shapes if getattr(v, "shape", None) is not None and len(v.shape) >= 3) >= 2
+
+
+def _walk_back(node: fx.Node, found: set, seen: set) -> None:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in seen or n.op in ("placeholder", "get_attr", "call_module", "output"):
+            continue
+        seen.add(n)
+        name = getattr(n.target, "__name__", str(n.target))
+        if n.target in ATTENTION_PRODUCTS or any(s in name for s in _STOPS):
+            continue
+        if n.target in _RESHAPES:
+            found.add(n.name)
+        stack.extend(n.all_input_nodes)
+
+
+def scaled_dot_product_attention(ctx: RuleContext, node: fx.Node):
+    """``F.scaled_dot_product_attention(q, k, v, ...)``: q's and k's head dims are contracted
+    (unified); v's head dim is the output's; the batch dims (heads) broadcast; with
+    ``enable_gqa`` each key/value head is repeated for the query heads that read it."""
+    q, k, v = (ctx.arg(i, n) for i, n in enumerate(("query", "key", "value")))
+    (xq, sq), (xk, sk), (xv, sv) = [(dict(ctx.axes(t) or {}), ctx.shape(t)) for t in (q, k, v)]
+    ctx.freeze_all([ctx.axes(ctx.arg(3, "attn_mask"))], "an attention mask with tracked channels")
+    for axes, shape in ((xq, sq), (xk, sk), (xv, sv)):
+        if len(shape) - 2 in axes:
+            ctx.freeze(axes.pop(len(shape) - 2), "attention over a tracked sequence dim")
+    _contract_head_dims(ctx, xq.pop(len(sq) - 1, None), xk.pop(len(sk) - 1, None), ctx.arg(6, "scale"))
+    out_v = xv.pop(len(sv) - 1, None)
+    batch = [(xq, sq[:-2]), (xk, sk[:-2]), (xv, sv[:-2])]
+    if ctx.arg(7, "enable_gqa", False) and len(sq) >= 3 and sk[-3] != sq[-3]:
+        batch[1:] = [_repeat_heads(a, s, sq[-3]) for a, s in batch[1:]]
+    out_shape = ctx.out_shape()
+    out = broadcast_axes(ctx, batch, out_shape[:-2])
+    if out_v is not None:
+        out[len(out_shape) - 1] = out_v
+    return out
+
+
+def _contract_head_dims(ctx: RuleContext, dq, dk, scale) -> None:
+    if dq is None and dk is None:
+        return
+    if dq is None or dk is None:
+        ctx.freeze(dq if dq is not None else dk, "contracted with an untracked tensor")
+        return
+    ctx.unify(dq, dk)
+    if scale is None:
+        ctx.freeze(dq, "F.scaled_dot_product_attention scales by 1/sqrt(head_dim) read from the query, so "
+                       "removing head dims would change it: prune whole heads (attention='heads') or pass scale=")
+
+
+def _repeat_heads(axes: dict, shape, heads: int) -> tuple:
+    d = len(shape) - 1
+    out = dict(axes)
+    if d in out:
+        out[d] = np.repeat(out[d], heads // shape[d])
+    return out, tuple(shape[:-1]) + (heads,)
+
+
+register_function_rule(*_SDPA)(scaled_dot_product_attention)
 
 
 @register_module_rule(nn.MultiheadAttention)
@@ -39,13 +143,29 @@ def multihead_attention(ctx: RuleContext, node: fx.Node):
         elif v is not stream:
             ctx.unify(stream, v)
     heads = stream.reshape(m.num_heads, -1)
-    for row in heads[1:]:
-        ctx.unify(heads[0], row)
+    ctx.note(stream, "nn.MultiheadAttention's embed_dim is both its head width and its input and output "
+                     "width, so its heads go only with the same channels of the stream")
+    if ctx.attention == "heads":
+        for row in heads:
+            ctx.unify(np.full(len(row) - 1, row[0]), row[1:])
+        ctx.head_vars.append(heads[:, 0].copy())
+    else:
+        for row in heads[1:]:
+            ctx.unify(heads[0], row)
     ctx.add_slot(name, "out", "per_channel", stream)
     q_axes, q_shape = axes[0], shapes[0]
     out = {d: v for d, v in q_axes.items() if d != len(q_shape) - 1}
     out[len(q_shape) - 1] = stream
     return [out, weights_axes]
+
+
+def _whole_heads_kept(k: torch.Tensor, embed_dim: int, heads: int) -> int | None:
+    """The number of heads kept when ``k`` keeps whole heads and drops some, else None."""
+    per_head = torch.bincount(k.cpu() // (embed_dim // heads), minlength=heads)
+    full = per_head == embed_dim // heads
+    if bool(((per_head == 0) | full).all()) and not bool(full.all()):
+        return int(full.sum())
+    return None
 
 
 @register_handler(nn.MultiheadAttention)
@@ -57,12 +177,15 @@ class MultiheadAttentionHandler(Handler):
             return new
         E, H = module.embed_dim, module.num_heads
         k = _index(keep, module.in_proj_weight.device)
-        if k.numel() % H:
-            raise ValueError(f"MultiheadAttention: keep a multiple of num_heads={H} channels, got {k.numel()}")
+        whole = _whole_heads_kept(k, E, H)
+        if whole is None and k.numel() % H:
+            raise ValueError(f"MultiheadAttention: keep whole heads or a multiple of num_heads={H} channels, "
+                             f"got {k.numel()}")
         rows = torch.cat([k, k + E, k + 2 * E])
-        # attention divides q.k by sqrt(head_dim): scale q so the smaller head_dim changes nothing
+        # attention divides q.k by sqrt(head_dim): scale q so a smaller head_dim changes nothing
         q_scale = torch.ones(len(rows), 1, dtype=module.in_proj_weight.dtype, device=k.device)
-        q_scale[: k.numel()] = math.sqrt((k.numel() // H) / (E // H))
+        if whole is None:
+            q_scale[: k.numel()] = math.sqrt((k.numel() // H) / (E // H))
         replace_param(new, "in_proj_weight", module.in_proj_weight[rows][:, k] * q_scale)
         if module.in_proj_bias is not None:
             replace_param(new, "in_proj_bias", module.in_proj_bias[rows] * q_scale[:, 0])
@@ -71,7 +194,8 @@ class MultiheadAttentionHandler(Handler):
                 replace_param(new, name, getattr(module, name)[..., k])
         new._modules["out_proj"] = LinearHandler().prune(module.out_proj, k, k)
         new.embed_dim = new.kdim = new.vdim = k.numel()
-        new.head_dim = k.numel() // H
+        new.num_heads = H if whole is None else whole
+        new.head_dim = k.numel() // new.num_heads
         return new
 
     def mask(self, module, keep_in, keep_out):

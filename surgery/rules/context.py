@@ -109,6 +109,14 @@ class RuleContext:
     norms: list = field(default_factory=list)   # (description, vars): statistics over these channels
     warnings: list = field(default_factory=list)
     node: fx.Node | None = None
+    attention: str = "dims"                         # "dims" or "heads": how head splits are pruned
+    head_splits: set = field(default_factory=set)   # reshape nodes that split channels into heads
+    head_vars: list = field(default_factory=list)   # one variable per head, per head split
+    notes: list = field(default_factory=list)       # (vars, why): added to the reason if they end frozen
+
+    def split_heads(self) -> bool:
+        """Whether the current reshape splits channels into whole, removable heads."""
+        return self.attention == "heads" and self.node is not None and self.node.name in self.head_splits
 
     # --- reading inputs -------------------------------------------------
     def axes(self, arg: Any) -> Any:
@@ -148,6 +156,11 @@ class RuleContext:
         """Freeze every variable found in (nested) axes."""
         for v in iter_vars(axes):
             self.freeze(v, why)
+
+    def note(self, vars_: np.ndarray, why: str) -> None:
+        """Explain these channels if something else freezes them (a layout that ties heads
+        to the stream, say): the note is added to their group's frozen reason."""
+        self.notes.append((np.asarray(vars_, dtype=np.int64), why))
 
     def add_slot(self, name: str, role: str, kind: str, vars_: np.ndarray) -> np.ndarray:
         """Record a layer dimension; a second call for the same slot unifies."""

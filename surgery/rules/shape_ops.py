@@ -19,7 +19,7 @@ from surgery.rules.context import RuleContext
 from surgery.rules.elementwise import broadcast_axes
 from surgery.rules.registry import register_function_rule, register_method_rule
 
-__all__ = ["reshape", "permute", "cat", "stack", "split", "chunk", "getitem"]
+__all__ = ["reshape", "permute", "cat", "stack", "split", "chunk", "unbind", "getitem"]
 
 
 # --------------------------------------------------------------------------- reshape
@@ -84,12 +84,24 @@ def _block_axes(ctx, ins, dim, vars_, in_shape, outs, out_shape) -> dict:
     varying = [k for k in range(grid.ndim) if not np.all(grid == grid.take([0], axis=k))]
     if not varying:
         return {}
+    if len(varying) > 1 and ctx.split_heads():
+        return {outs[varying[-2]]: _whole_heads(ctx, grid, varying[-2])}
     keep = varying[-1]
     moved = np.moveaxis(grid, keep, -1).reshape(-1, grid.shape[keep])
     if len(varying) > 1:  # unify across the outer dims (heads, shuffle groups)
         for row in moved[1:]:
             ctx.unify(moved[0], row)
     return {outs[keep]: moved[0].copy()}
+
+
+def _whole_heads(ctx, grid: np.ndarray, axis: int) -> np.ndarray:
+    """Heads mode: every channel of head ``h`` (its q/k/v rows and all its dims) is one unit;
+    the head axis carries one variable per head and the head dim is no longer tracked."""
+    heads = np.moveaxis(grid, axis, 0).reshape(grid.shape[axis], -1)
+    for row in heads:
+        ctx.unify(np.full(len(row) - 1, row[0]), row[1:])
+    ctx.head_vars.append(heads[:, 0].copy())
+    return heads[:, 0].copy()
 
 
 def _size_args(node: fx.Node) -> tuple[list, tuple]:
@@ -311,6 +323,20 @@ def chunk(ctx: RuleContext, node: fx.Node):
 
 register_method_rule("split")(split)
 register_function_rule(torch.split)(split)
+def unbind(ctx: RuleContext, node: fx.Node):
+    """``x.unbind(dim)``: one tensor per index of ``dim`` (q, k, v of a fused projection);
+    a tracked ``dim`` would lose whole outputs, so it is frozen."""
+    x = node.args[0]
+    axes, shape = ctx.axes(x) or {}, ctx.shape(x)
+    dim = ctx.arg(1, "dim", 0) % len(shape)
+    if dim in axes:
+        ctx.freeze(axes[dim], "unbind over a channel dimension")
+    rest = {(d if d < dim else d - 1): v for d, v in axes.items() if d != dim}
+    return [dict(rest) for _ in range(shape[dim])]
+
+
+register_method_rule("unbind")(unbind)
+register_function_rule(torch.unbind)(unbind)
 register_method_rule("chunk")(chunk)
 register_function_rule(torch.chunk)(chunk)
 
@@ -335,6 +361,8 @@ def getitem(ctx: RuleContext, node: fx.Node):
 
 
 def _index_tensor(ctx: RuleContext, node, axes: dict, shape, idx):
+    if isinstance(idx, fx.Node) and ctx.shape(idx) is not None and not ctx.value(idx).dtype.is_floating_point:
+        return _gather_rows(ctx, axes, idx)
     items = list(idx) if isinstance(idx, tuple) else [idx]
     if any(not (it is None or it is Ellipsis or isinstance(it, (int, slice))) for it in items):
         ctx.freeze_all(axes, "advanced indexing")
@@ -363,6 +391,16 @@ def _index_tensor(ctx: RuleContext, node, axes: dict, shape, idx):
         if d in axes:
             out[d_out + d - d_in] = axes[d]
     return out
+
+
+def _gather_rows(ctx: RuleContext, axes: dict, idx: fx.Node) -> dict:
+    """``table[index]`` with an integer index tensor: rows (dim 0) are gathered, so dim 0 is
+    positions, not channels; the other dims keep their channels (a relative-position bias
+    table's head column)."""
+    if 0 in axes:
+        ctx.freeze(axes[0], "rows gathered by an index tensor")
+    lead = len(ctx.shape(idx))
+    return {d - 1 + lead: v for d, v in axes.items() if d > 0}
 
 
 def _slice_dim(ctx: RuleContext, v: np.ndarray, s: slice, k: int, in_tuple: bool):
