@@ -7,8 +7,6 @@ train/eval state and any extra attributes of the original.
 
 Example:
     >>> import torch.nn as nn
-
-from surgery.criteria.base import conv_rows
     >>> from surgery.handlers import handler_for
     >>> conv = nn.Conv2d(8, 16, 3)
     >>> handler_for(conv).prune(conv, keep_in=None, keep_out=[0, 2, 5]).out_channels
