@@ -51,6 +51,7 @@ class PruneConfig:
     or a callable (step, steps, final) -> fraction removed after that step).
     attention: "dims" (every head loses the same head dims) or "heads" (whole heads go).
     head_ratio: fraction of the heads to remove in head groups (default: ``ratio``).
+    tracer: "auto" (torch.fx, then torch.export when fx fails), "fx" or "export".
     inplace: edit the given model (all or nothing) instead of returning a pruned copy.
     verify: check the rewrite against the original with the removed channels masked
     (``surgery.VerificationError`` on a mismatch); False checks output shapes only.
@@ -73,6 +74,7 @@ class PruneConfig:
     verify: bool = True
     attention: str = "dims"
     head_ratio: float | None = None
+    tracer: str = "auto"
 
     def validate(self) -> "PruneConfig":
         check_ratio(self.ratio)
@@ -81,6 +83,8 @@ class PruneConfig:
         if self.attention not in ("dims", "heads"):
             raise ValueError(f"attention must be 'dims' (prune head dims) or 'heads' (remove whole heads), "
                              f"got {self.attention!r}")
+        if self.tracer not in ("auto", "fx", "export"):
+            raise ValueError(f"tracer must be 'auto', 'fx' or 'export', got {self.tracer!r}")
         for key, r in self.ratios.items():
             check_ratio(r, f"ratios[{key!r}]")
         if not 0.0 < self.max_ratio <= 1.0:

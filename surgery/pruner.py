@@ -42,7 +42,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), inplace: bool = False,
           data: Any = None, max_batches: int | None = None, forward_fn: Any = None,
           loss_fn: Any = None, verify: bool = True, attention: str = "dims",
-          head_ratio: float | None = None) -> nn.Module:
+          head_ratio: float | None = None, tracer: str = "auto") -> nn.Module:
     """Remove ``floor(ratio * size)`` channels from every prunable group.
 
     Channels that reach a model output are never pruned, so the classifier needs no
@@ -53,7 +53,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
     With ``verify=True`` the result is checked against the original with the removed
     channels masked (``surgery.VerificationError`` on a mismatch; see README "Correctness").
     ``attention="heads"`` removes whole attention heads (``head_ratio`` of them, default
-    ``ratio``) instead of the same head dims from every head.
+    ``ratio``) instead of the same head dims from every head. ``tracer``: "fx", "export"
+    (``torch.export``, for models fx cannot trace) or "auto" (fx, then export).
 
     Example:
         >>> import torch, surgery
@@ -65,7 +66,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
     """
     config = PruneConfig(ratio=check_ratio(ratio), criterion=criterion, ignored_layers=tuple_of(ignored_layers),
                          leaf_modules=tuple_of(leaf_modules), inplace=inplace, verify=verify,
-                         attention=attention, head_ratio=head_ratio)
+                         attention=attention, head_ratio=head_ratio, tracer=tracer)
     return Pruner(model, example_inputs, config, data=data, max_batches=max_batches, forward_fn=forward_fn,
                   loss_fn=loss_fn).step()
 
@@ -160,7 +161,8 @@ class Pruner:
             if self.step_index:  # the first trace already said what it had to say
                 warnings.simplefilter("ignore")
             return trace(self.model, self.example_inputs, leaf_modules=self.config.leaf_modules,
-                         ignored_layers=self._ignored, attention=self.config.attention)
+                         ignored_layers=self._ignored, attention=self.config.attention,
+                         tracer=self.config.tracer)
 
     def _choose(self, graph: ChannelGraph, step: int) -> np.ndarray:
         opts = dict(self._data)

@@ -39,11 +39,11 @@ class Surgeon:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence = (),
-                 verify: bool = True, attention: str = "dims") -> None:
+                 verify: bool = True, attention: str = "dims", tracer: str = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model, self.example_inputs, self.leaf_modules = model, example_inputs, tuple(leaf_modules)
-        self.attention = check_attention(attention)
+        self.attention, self.tracer = check_attention(attention), tracer
         self.verify, self.verification = verify, None
         self.graph = self._trace()
 
@@ -51,7 +51,7 @@ class Surgeon:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return trace(self.model, self.example_inputs, leaf_modules=self.leaf_modules,
-                         attention=self.attention)
+                         attention=self.attention, tracer=self.tracer)
 
     def _members(self, name: str) -> list:
         return [(g, m) for g in self.graph.groups for m in g.members if m.name == name and m.role == "out"]

@@ -30,7 +30,7 @@ __all__ = ["trace", "TraceError", "ShapeError", "symbolic_trace", "propagate"]
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
-          ignored_layers: Iterable = (), attention: str = "dims") -> ChannelGraph:
+          ignored_layers: Iterable = (), attention: str = "dims", tracer: str = "auto") -> ChannelGraph:
     """Trace ``model`` and compute its channel groups.
 
     Args:
@@ -42,6 +42,10 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         attention: ``"dims"`` (every head loses the same head dims; the head count stays)
             or ``"heads"`` (whole heads go: q/k/v rows, output-projection columns, and
             the head-count attributes follow).
+        tracer: ``"fx"`` (torch.fx symbolic tracing, then one forward for shapes),
+            ``"export"`` (``torch.export.export(strict=False)``: an aten-level graph with
+            fake-tensor shapes; for models fx cannot trace, Hugging Face transformers
+            among them) or ``"auto"`` (fx first, export when fx fails).
 
     Example:
         >>> import torch, torchvision, surgery
@@ -52,8 +56,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     check_model(model)
     check_attention(attention)
     ignored = layer_names(model, ignored_layers, "ignored_layers")
-    gm = symbolic_trace(model, leaf_modules)
-    propagate(gm, example_inputs)
+    gm, front = _capture(model, example_inputs, leaf_modules, check_tracer(tracer))
     ctx = analyse(gm, attention)
     couple_shared_tensors(ctx, gm)
     _freeze_ignored(ctx, ignored)
@@ -62,11 +65,39 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         for m in g.members:
             m.type_name = "Parameter" if m.kind == "param" else type(gm.get_submodule(m.name)).__name__
     graph = ChannelGraph(gm, ctx, groups, roots)
+    graph.front = front
     graph.input_spec = input_spec(example_inputs)
     graph.example_inputs = example_inputs
     for w in ctx.warnings:
         warnings.warn(w, stacklevel=2)
     return graph
+
+
+def check_tracer(tracer: Any) -> str:
+    if tracer not in ("auto", "fx", "export"):
+        raise ValueError(f"tracer must be 'auto' (fx, then torch.export if fx fails), 'fx' or 'export', got {tracer!r}")
+    return tracer
+
+
+def _capture(model: nn.Module, example_inputs: Any, leaf_modules: Iterable, tracer: str) -> tuple:
+    """(graph with value summaries, "fx" or "export")."""
+    if tracer != "export":
+        try:
+            gm = symbolic_trace(model, leaf_modules)
+        except TraceError as err:
+            if tracer == "fx":
+                raise
+            fx_error = err
+        else:
+            propagate(gm, example_inputs)
+            return gm, "fx"
+    from surgery.exporting import ExportError, export_graph
+    try:
+        return export_graph(model, example_inputs), "export"
+    except ExportError as err:
+        if tracer == "auto":
+            raise TraceError(f"{fx_error}\n\ntorch.export failed too: {err}") from err
+        raise
 
 
 def check_attention(attention: Any) -> str:

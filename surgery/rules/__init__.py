@@ -3,7 +3,7 @@ from surgery.rules.registry import (FUNCTION_RULES, METHOD_RULES, MODULE_RULES, 
                                     register_method_rule, register_module_rule)
 from surgery.rules.context import RuleContext
 from surgery.rules.elementwise import broadcast_axes, elementwise, passthrough
-from surgery.rules import shape_ops, reductions, modules, functional, attention, windowed  # noqa: F401
+from surgery.rules import shape_ops, reductions, modules, functional, attention, windowed, aten  # noqa: F401
 from surgery.rules.modules import per_channel
 
 __all__ = ["FUNCTION_RULES", "METHOD_RULES", "MODULE_RULES", "register_function_rule",

@@ -120,7 +120,7 @@ def _size_args(node: fx.Node) -> tuple[list, tuple]:
 SIZE_OF = "surgery.size_of"  # node.meta: (tensor node, dim or None) a size value was read from
 
 
-SIZE_TAKERS = ("view", "reshape", torch.reshape)  # ops whose dynamic sizes _follow_dynamic_sizes handles
+SIZE_TAKERS = ("view", "reshape", torch.reshape, torch.ops.aten.view.default, torch.ops.aten.reshape.default)  # ops whose dynamic sizes _follow_dynamic_sizes handles
 
 
 def _follow_dynamic_sizes(ctx: RuleContext, node: fx.Node, out: dict) -> None:
@@ -188,19 +188,20 @@ register_function_rule(torch.reshape, torch.flatten, torch.squeeze, torch.unsque
 # --------------------------------------------------------------------------- permute
 def _perm_from_node(node: fx.Node, nd: int) -> list | None:
     t, args = node.target, node.args
-    if t in ("permute", torch.permute):
+    aten = torch.ops.aten
+    if t in ("permute", torch.permute, aten.permute.default):
         dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
         dims = dims or node.kwargs.get("dims")
         return [d % nd for d in dims]
-    if t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+    if t in ("transpose", torch.transpose, "swapaxes", torch.swapaxes, aten.transpose.int, aten.swapaxes.default):
         a = args[1] if len(args) > 1 else node.kwargs.get("dim0")
         b = args[2] if len(args) > 2 else node.kwargs.get("dim1")
         perm = list(range(nd))
         perm[a % nd], perm[b % nd] = perm[b % nd], perm[a % nd]
         return perm
-    if t in ("t", torch.t):
+    if t in ("t", torch.t, aten.t.default):
         return list(range(nd))[::-1]
-    if t in ("movedim", torch.movedim):
+    if t in ("movedim", torch.movedim, aten.movedim.int):
         probe = np.zeros(tuple(range(1, nd + 1)), dtype=np.int8)
         return [s - 1 for s in np.moveaxis(probe, args[1], args[2]).shape]
     return None
@@ -226,7 +227,9 @@ def _tensor_list(ctx: RuleContext) -> list:
     if isinstance(seq, fx.Node):  # torch.cat(y.chunk(2, 1)): one node holding the whole tuple
         axes, values = ctx.axes(seq) or [], ctx.value(seq) or []
         return [(a or {}, v.shape) for a, v in zip(axes, values)]
-    return [(ctx.axes(t) or {}, ctx.shape(t)) for t in seq]
+    parts = [(ctx.axes(t) or {}, ctx.shape(t)) for t in seq]
+    nd = len(ctx.out_shape())  # legacy cat skips 1-D empty tensors (an empty key/value cache)
+    return [(a, s) for a, s in parts if not (len(s) == 1 and s[0] == 0 and nd > 1)]
 
 
 def cat(ctx: RuleContext, node: fx.Node):
