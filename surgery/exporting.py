@@ -181,15 +181,19 @@ def _collapse_layers(graph: fx.Graph, model: nn.Module, attrs: dict) -> None:
             if current is not None:
                 runs.append(current)
     for path, nodes in runs:
-        _collapse(graph, path, nodes)
+        module = model.get_submodule(path)
+        own = {id(t) for t in list(module.parameters()) + list(module.buffers())}
+        _collapse(graph, path, nodes, lambda a: a.op == "get_attr" and id(attrs.get(a.target)) in own)
 
 
-def _collapse(graph: fx.Graph, path: str, nodes: list) -> None:
+def _collapse(graph: fx.Graph, path: str, nodes: list, is_own) -> None:
+    """``is_own(node)``: the node reads one of the layer's own tensors (under any name: a
+    tied weight is lifted once, under one of its owners' names)."""
     inside = set(nodes)
     outer = []
     for n in nodes:
         for a in n.all_input_nodes:
-            own = a.op == "get_attr" and a.target.startswith(path + ".")
+            own = is_own(a)
             if a not in inside and not own and a not in outer:
                 outer.append(a)
     results = [n for n in nodes if any(u not in inside for u in n.users)]

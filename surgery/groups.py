@@ -95,6 +95,8 @@ class ChannelGraph:
         self.patches = ctx.patches
         self.norms = ctx.norms
         self.warnings = ctx.warnings
+        self.head_vars = ctx.head_vars  # one variable array per split into heads
+        self.head_nodes = ctx.head_nodes
         self.input_spec: list = []
         self.example_inputs = None
 

@@ -66,7 +66,7 @@ def register_handler(*types: type) -> Callable:
         for t in types:
             old = HANDLERS.get(t)
             if old is not None and type(old) is not cls:
-                warnings.warn(f"replacing the handler for {t.__name__} ({type(old).__name__} -> {cls.__name__})",
+                warnings.warn(f"replacing the handler for {getattr(t, '__name__', t)} ({type(old).__name__} -> {cls.__name__})",
                               stacklevel=2)
             HANDLERS[t] = cls()
         return cls
@@ -77,6 +77,8 @@ def handler_for(module: nn.Module) -> Handler:
     for cls in type(module).__mro__:
         if cls in HANDLERS:
             return HANDLERS[cls]
+        if f"{cls.__module__}.{cls.__qualname__}" in HANDLERS:
+            return HANDLERS[f"{cls.__module__}.{cls.__qualname__}"]
     raise TypeError(
         f"no rewrite handler for {type(module).__name__}. Register one with "
         f"@surgery.extend.register_handler({type(module).__name__}) on a Handler subclass that "

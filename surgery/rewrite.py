@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from surgery.groups import ChannelGraph, Kind
 from surgery.handlers import PerChannelHandler, handler_for, replace_param
+from surgery.model_config import follow_config
 from surgery.inputs import evaluating, flat_tensors, as_inputs
 from surgery.ties import shared_owners
 from surgery.transaction import transaction
@@ -67,6 +68,8 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
     with transaction(model) if inplace else contextlib.nullcontext():
         target = model if inplace else copy.deepcopy(model, _replaced_memo(model, keeps, kinds))
         target = _rebuild(target, keeps, kinds)
+        follow_config(target, graph, removed)
+        _follow_head_counts(target, graph, removed)
         changed = _patched_graph(graph, removed)
         if changed is None:
             return target
@@ -234,7 +237,20 @@ def _owner(g: fx.Graph, node_name: str) -> str | None:
     return list(stack.values())[-1][0] if stack else None
 
 
-def _follow_attributes(target: nn.Module, edits: list) -> None:
+def _follow_head_counts(target: nn.Module, graph: ChannelGraph, removed: np.ndarray) -> None:
+    """Head-count attributes (``num_heads``, ``num_key_value_heads``, ...) of the module that
+    splits channels into heads follow the heads kept; ``head_dim`` stays."""
+    gone = np.zeros(len(graph.roots), dtype=bool)
+    gone[np.asarray(removed, dtype=np.int64)] = True
+    edits = []
+    for name, vars_ in zip(getattr(graph, "head_nodes", []), getattr(graph, "head_vars", [])):
+        kept = int((~gone[graph.roots[vars_]]).sum())
+        if kept != len(vars_):
+            edits.append((_owner(graph.gm.graph, name), len(vars_), kept))
+    _follow_attributes(target, edits, lambda attr: "head" in attr and "dim" not in attr and "size" not in attr)
+
+
+def _follow_attributes(target: nn.Module, edits: list, wanted_attr=lambda attr: True) -> None:
     """A literal that changed in a module's forward (``reshape(B, N, 3, self.num_heads, D)``)
     usually came from an int attribute of that module: set the attributes holding the old
     value to the new one, so the module's own class keeps working (checked afterwards by
@@ -252,7 +268,7 @@ def _follow_attributes(target: nn.Module, edits: list) -> None:
         if len(news) != 1:
             continue
         for attr, value in list(vars(module).items()):
-            if type(value) is int and value == old and not attr.startswith("_"):
+            if type(value) is int and value == old and not attr.startswith("_") and wanted_attr(attr):
                 setattr(module, attr, next(iter(news)))
 
 

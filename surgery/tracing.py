@@ -58,6 +58,8 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     ignored = layer_names(model, ignored_layers, "ignored_layers")
     gm, front = _capture(model, example_inputs, leaf_modules, check_tracer(tracer))
     ctx = analyse(gm, attention)
+    if front == "export":
+        _tie_literals(ctx)
     couple_shared_tensors(ctx, gm)
     _freeze_ignored(ctx, ignored)
     groups, roots = build_groups(ctx)
@@ -71,6 +73,21 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     for w in ctx.warnings:
         warnings.warn(w, stacklevel=2)
     return graph
+
+
+def _tie_literals(ctx: RuleContext) -> None:
+    """Exported graphs hold the values of the user's attributes as literals; the user's
+    forward runs unpatched, so reshape literals of one module that share a value (q, k and v
+    views by ``self.head_dim``) are one attribute: they must change together."""
+    by_value: dict = {}
+    for p in ctx.patches:
+        node = next((n for n in ctx.gm.graph.nodes if n.name == p.node), None)
+        stack = (node.meta.get("nn_module_stack") or {}) if node is not None else {}
+        owner = list(stack.values())[-1][0] if stack else None
+        by_value.setdefault((owner, len(p.vars)), []).append(p.vars)
+    for arrays in by_value.values():
+        for a in arrays[1:]:
+            ctx.vars.unify(arrays[0], a)
 
 
 def check_tracer(tracer: Any) -> str:

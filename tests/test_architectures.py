@@ -84,10 +84,11 @@ def test_vit_keeps_heads_valid_and_prunes_the_mlp_on_its_own():
     assert isinstance(pruned, torch.fx.GraphModule)  # ViT's forward reshapes to self.hidden_dim
 
 
-def test_swin_freezes_only_the_wrapped_attention():
-    _, pruned = check("swin_t", 0.5)
-    mlp = pruned.features[1][0].mlp
-    assert mlp[0].out_features == 192 and mlp[0].in_features == 96  # hidden pruned, stream kept
+def test_swin_prunes_its_stream_through_windowed_attention():
+    model, pruned = check("swin_t", 0.5)
+    attn = pruned.features[1][0].attn
+    assert attn.qkv.in_features == 48 and attn.qkv.out_features == 144 and attn.num_heads == 3
+    assert count_params(pruned) <= 0.35 * count_params(model)
 
 
 def test_convnext_keeps_its_class_and_layer_scale():

@@ -148,7 +148,7 @@ def multihead_attention(ctx: RuleContext, node: fx.Node):
     if ctx.attention == "heads":
         for row in heads:
             ctx.unify(np.full(len(row) - 1, row[0]), row[1:])
-        ctx.head_vars.append(heads[:, 0].copy())
+        ctx.add_heads(heads[:, 0])
     else:
         for row in heads[1:]:
             ctx.unify(heads[0], row)

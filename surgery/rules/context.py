@@ -112,6 +112,7 @@ class RuleContext:
     attention: str = "dims"                         # "dims" or "heads": how head splits are pruned
     head_splits: set = field(default_factory=set)   # reshape nodes that split channels into heads
     head_vars: list = field(default_factory=list)   # one variable per head, per head split
+    head_nodes: list = field(default_factory=list)  # the node of each head split
     notes: list = field(default_factory=list)       # (vars, why): added to the reason if they end frozen
 
     def split_heads(self) -> bool:
@@ -156,6 +157,11 @@ class RuleContext:
         """Freeze every variable found in (nested) axes."""
         for v in iter_vars(axes):
             self.freeze(v, why)
+
+    def add_heads(self, vars_: np.ndarray) -> None:
+        """Record a split into whole heads (one variable per head) at the current node."""
+        self.head_vars.append(np.array(vars_, dtype=np.int64))
+        self.head_nodes.append(self.node.name)
 
     def note(self, vars_: np.ndarray, why: str) -> None:
         """Explain these channels if something else freezes them (a layout that ties heads

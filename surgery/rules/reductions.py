@@ -36,11 +36,19 @@ def reduce(ctx: RuleContext, node: fx.Node):
         return _like_output(ctx, {})
     out = {}
     for d, v in axes.items():
-        if d in dims:
+        if d in dims and keep and len(dims) == 1 and _is_statistic(node.target):
+            ctx.mark_norm(v, f"a {getattr(node.target, '__name__', node.target)} over channels kept for "
+                             f"broadcasting (a normalisation, as in RMSNorm)")
+        elif d in dims:
             ctx.freeze(v, "reduced over a channel dim")
         else:
             out[d if keep else d - sum(1 for r in dims if r < d)] = v
     return _like_output(ctx, out)
+
+
+def _is_statistic(target) -> bool:
+    name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    return name.split(".")[0] in ("mean", "var", "std", "norm")
 
 
 def _like_output(ctx: RuleContext, axes: dict):

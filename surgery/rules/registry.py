@@ -47,11 +47,16 @@ def _key_name(key: object) -> str:
     return key if isinstance(key, str) else getattr(key, "__qualname__", None) or repr(key)
 
 
-def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
-    """Register a rule for module types (subclasses inherit it)."""
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_module_rule(*types: type | str) -> Callable[[Rule], Rule]:
+    """Register a rule for module types (subclasses inherit it), or for a type by its
+    qualified name (``"transformers.pytorch_utils.Conv1D"``) so its package need not be imported."""
     for t in types:
-        if not (isinstance(t, type) and issubclass(t, nn.Module)):
-            raise TypeError(f"register_module_rule expects nn.Module subclasses, got {t!r}")
+        if not (isinstance(t, str) or (isinstance(t, type) and issubclass(t, nn.Module))):
+            raise TypeError(f"register_module_rule expects nn.Module subclasses or qualified names, got {t!r}")
     return _registrar(MODULE_RULES, types)
 
 
@@ -74,6 +79,8 @@ def module_rule_for(module: nn.Module) -> Rule | None:
     for cls in type(module).__mro__:
         if cls in MODULE_RULES:
             return MODULE_RULES[cls]
+        if qualified_name(cls) in MODULE_RULES:
+            return MODULE_RULES[qualified_name(cls)]
         if "forward" in vars(cls):
             return None
     return None

@@ -100,7 +100,7 @@ def _whole_heads(ctx, grid: np.ndarray, axis: int) -> np.ndarray:
     heads = np.moveaxis(grid, axis, 0).reshape(grid.shape[axis], -1)
     for row in heads:
         ctx.unify(np.full(len(row) - 1, row[0]), row[1:])
-    ctx.head_vars.append(heads[:, 0].copy())
+    ctx.add_heads(heads[:, 0])
     return heads[:, 0].copy()
 
 

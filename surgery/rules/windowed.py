@@ -80,7 +80,7 @@ def _heads(ctx: RuleContext, grid: np.ndarray, per_head: list) -> None:
     if ctx.attention == "heads":
         for row in grid:
             ctx.unify(np.full(len(row) - 1, row[0]), row[1:])
-        ctx.head_vars.append(grid[:, 0].copy())
+        ctx.add_heads(grid[:, 0])
         for v in per_head:
             ctx.unify(v, grid[:, 0])
         ctx.add_patch(("args", 5), grid[:, 0])

@@ -1,0 +1,100 @@
+"""attention="heads": whole heads go (q/k/v rows, output-projection columns, per-head bias
+tables) and head-count attributes follow; exact with the stream kept."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+import surgery
+from conftest import prepared
+from surgery.testing import max_error
+
+
+def prune(model, x, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return surgery.prune(model, x, attention="heads", **kw)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224"])
+def test_timm_vision_transformers_lose_whole_heads_exactly(name):
+    timm = pytest.importorskip("timm")
+    model = prepared(timm.create_model(name, depth=2, img_size=32, patch_size=8, num_classes=5))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    small = prune(model, x, ratio=0.5, ignored_layers=[model.patch_embed])
+    attn = small.blocks[0].attn
+    assert type(small) is type(model) and attn.num_heads == 2 and attn.head_dim == 64
+    assert attn.qkv.out_features == 3 * 2 * 64 and attn.proj.in_features == 128
+    assert max_error(model, small, x) < 1e-10
+
+
+def test_swin_heads_with_the_stream_kept_are_frozen_with_the_reason_and_the_mlp_is_exact():
+    model = prepared(torchvision.models.swin_t())
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    graph = surgery.trace(model, x, attention="heads", ignored_layers=[model.features[0]])
+    first = [g for g in graph.groups if g.heads][0]
+    assert not first.prunable and "shifted_window_attention derives the head width" in first.reason
+
+
+def test_swin_heads_go_with_the_stream_and_bias_tables_follow():
+    model = torchvision.models.swin_t().eval()
+    x = torch.randn(1, 3, 224, 224)
+    small = prune(model, x, ratio=0.5)
+    attn = small.features[5][0].attn
+    assert attn.num_heads == 6 and attn.relative_position_bias_table.shape[1] == 6
+    assert attn.qkv.out_features == 3 * 6 * 32
+    with torch.no_grad():
+        assert small(x).shape == (1, 1000)
+
+
+def test_torchvision_vit_multihead_attention_says_why_its_heads_stay():
+    model = torchvision.models.vit_b_32()
+    model.encoder.layers = model.encoder.layers[:1]
+    graph = surgery.trace(model, torch.randn(1, 3, 224, 224), attention="heads", ignored_layers=[model.conv_proj])
+    heads = [g for g in graph.groups if g.heads]
+    assert heads and "MultiheadAttention's embed_dim is both" in heads[0].reason
+
+
+class GQA(nn.Module):
+    """Grouped-query attention written by hand: 4 query heads read 2 key/value heads."""
+
+    def __init__(self, dim=32, heads=4, kv=2):
+        super().__init__()
+        self.heads, self.kv, self.d = heads, kv, dim // heads
+        self.q, self.k = nn.Linear(dim, dim), nn.Linear(dim, kv * self.d)
+        self.v, self.o = nn.Linear(dim, kv * self.d), nn.Linear(dim, dim)
+        self.fc = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, -1, self.d).transpose(1, 2)
+        k = self.k(x).view(b, n, -1, self.d).transpose(1, 2)
+        v = self.v(x).view(b, n, -1, self.d).transpose(1, 2)
+        rep = self.heads // self.kv  # the group size stays; the number of groups may shrink
+        k = k[:, :, None].expand(-1, -1, rep, -1, -1).reshape(b, -1, n, self.d)
+        v = v[:, :, None].expand(-1, -1, rep, -1, -1).reshape(b, -1, n, self.d)
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.d ** -0.5)
+        return self.fc(x + self.o(y.transpose(1, 2).reshape(b, n, -1)))
+
+
+def test_grouped_query_heads_go_with_their_key_value_head():
+    model = prepared(GQA())
+    x = torch.randn(2, 5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    graph = surgery.trace(model, x, attention="heads")
+    group = [g for g in graph.groups if g.heads][0]
+    assert group.size == 2  # units: a key/value head with its two query heads
+    small = prune(model, x, ratio=0.5)
+    assert small.k.out_features == 8 and small.q.out_features == 16
+    assert max_error(model, small, x) < 1e-10
+
+
+def test_head_ratio_applies_to_head_groups_only():
+    timm = pytest.importorskip("timm")
+    model = prepared(timm.create_model("vit_tiny_patch16_224", depth=1, img_size=32, patch_size=8, num_classes=5,
+                                       num_heads=4))
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    small = prune(model, x, ratio=0.25, head_ratio=0.5, ignored_layers=[model.patch_embed])
+    assert small.blocks[0].attn.num_heads == 2 and small.blocks[0].mlp.fc1.out_features == 576
