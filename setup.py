@@ -23,6 +23,7 @@ setup(
         "pyyaml",
         "omegaconf",
     ],
-    extras_require={"report": ["matplotlib"], "test": ["pytest", "hypothesis", "timm", "matplotlib"]},
+    extras_require={"report": ["matplotlib"], "hf": ["transformers"],
+                    "test": ["pytest", "hypothesis", "timm", "matplotlib", "transformers"]},
     entry_points={"console_scripts": ["surgery=surgery.cli:main"]},
 )

@@ -106,3 +106,11 @@ def test_bad_options_name_the_fix():
         surgery.prune(model, x, ratio=0.5, attention="head")
     with pytest.raises(ValueError, match="tracer must be"):
         surgery.prune(model, x, ratio=0.5, tracer="jit")
+
+
+def test_llm_heads_example():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import llm_heads
+    result = llm_heads.main()
+    assert result["heads"] == (8, 4) and result["kv_heads"] == (4, 2) and result["mlp"] == (256, 128)
+    assert result["error"] < 1e-10 and result["reloaded_equal"] and result["generated"] == (1, 12)
