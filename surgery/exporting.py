@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from surgery.inputs import as_inputs, evaluating
+from surgery.inputs import as_inputs, evaluating, flat_tensors
 from surgery.rules.context import VALUE_KEY, TensorMeta
 from surgery.rules.registry import module_rule_for
 
@@ -41,19 +41,7 @@ class _Outputs(nn.Module):
         self.m = model
 
     def forward(self, *args, **kwargs):
-        return tuple(_tensors(self.m(*args, **kwargs)))
-
-
-def _tensors(value: Any) -> list:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    elif hasattr(value, "to_tuple"):
-        value = value.to_tuple()
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
+        return tuple(flat_tensors(self.m(*args, **kwargs)))
 
 
 def export_graph(model: nn.Module, example_inputs: Any) -> fx.GraphModule:

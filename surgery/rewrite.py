@@ -94,8 +94,9 @@ def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
             module = target.get_submodule(name)
             new = handler_for(module).prune(module, roles.get("in"), roles.get("out"))
             set_submodule(target, name, new, names)
+    rebuilt = {name for name, is_param in by_layer if not is_param}
     for owner, attrs in owned.items():
-        _slice_owned(target, owner, attrs)
+        _slice_owned(target, owner, attrs, owner in rebuilt)
     _retie(target, ties)
     return target
 
@@ -145,7 +146,7 @@ def _replaced_memo(model: nn.Module, keeps: dict, kinds: dict) -> dict:
     return memo
 
 
-def _slice_owned(root: nn.Module, owner_name: str, attrs: dict) -> None:
+def _slice_owned(root: nn.Module, owner_name: str, attrs: dict, rebuilt: bool = False) -> None:
     """Slice parameters read through get_attr. When they are a per-channel layer's own
     tensors (a LayerNorm subclass with its own forward), its handler rebuilds the layer so
     attributes such as ``normalized_shape`` follow."""
@@ -159,7 +160,7 @@ def _slice_owned(root: nn.Module, owner_name: str, attrs: dict) -> None:
             and set(attrs) <= set(handler.tensors) and all(np.array_equal(k, keeps[0]) for k in keeps)):
         set_submodule(root, owner_name, handler.prune(owner, None, keeps[0]))
         return
-    sides = _sides(handler, owner, attrs) if handler is not None else None
+    sides = _sides(handler, owner, attrs) if handler is not None and not rebuilt else None
     if sides is not None:  # a layer's own weights read by a function (F.linear(x, self.qkv.weight))
         set_submodule(root, owner_name, handler.prune(owner, sides.get("in"), sides.get("out")))
         return

@@ -20,6 +20,7 @@ import torch.nn.utils.parametrize  # noqa: F401  (check_model)
 import torch.nn.utils.prune  # noqa: F401  (check_model)
 
 from surgery.analysis import analyse
+from surgery.exporting import ExportError, export_graph
 from surgery.groups import ChannelGraph, build_groups
 from surgery.inputs import as_inputs, evaluating, input_spec, layer_names
 from surgery.rules.context import VALUE_KEY, RuleContext, TensorMeta
@@ -108,7 +109,6 @@ def _capture(model: nn.Module, example_inputs: Any, leaf_modules: Iterable, trac
         else:
             propagate(gm, example_inputs)
             return gm, "fx"
-    from surgery.exporting import ExportError, export_graph
     try:
         return export_graph(model, example_inputs), "export"
     except ExportError as err:

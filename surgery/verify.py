@@ -253,8 +253,7 @@ def check_output_shapes(graph: ChannelGraph, pruned: nn.Module, example_inputs: 
                    if isinstance(n, fx.Node) else None)
     got = _shapes(out, lambda t: t.shape if isinstance(t, torch.Tensor) else None)
     if getattr(graph, "front", "fx") == "export":  # the exported graph returns the output's tensors, flat
-        from surgery.exporting import _tensors
-        got = [t.shape for t in _tensors(out)]
+        got = [t.shape for t in flat_tensors(out)]
     if want != got:
         raise VerificationError(f"the pruned model's output shapes {got} differ from the original {want}; "
                                 f"the model was left as it was. Please report this model.")

@@ -277,34 +277,23 @@ SKIPPED_MODULES = {nn.SyncBatchNorm: "needs a process group to run",
 
 
 def _module_op(cls):
-    make = cls if cls in TYPE_KEYS.values() else MODULE_FACTORIES.get(cls, cls)
+    make = MODULE_FACTORIES.get(cls, cls)
     made = make()
     module, view = made if isinstance(made, tuple) else (made, "")
     return _Seq(module, view)
 
 
-def _type(key):
-    """A registry key as a class (keys may be qualified names of optional packages)."""
-    if not isinstance(key, str):
-        return key
-    module, _, name = key.rpartition(".")
-    return getattr(pytest.importorskip(module), name)
-
-
-def _conv1d():
-    from transformers.pytorch_utils import Conv1D
-    return Conv1D(6, 8), "last"  # weight [8 in, 6 out]
-
-
-TYPE_KEYS = {"transformers.pytorch_utils.Conv1D": _conv1d}
+def _skip_named(key) -> None:
+    """Registrations by qualified name (transformers' Conv1D) need their package; they are
+    exercised by tests/test_transformers.py (GPT-2), exact against the masked original."""
+    if isinstance(key, str):
+        pytest.importorskip(key.rpartition(".")[0])
+        pytest.skip(f"{key} is checked through GPT-2 in tests/test_transformers.py")
 
 
 @pytest.mark.parametrize("cls", list(MODULE_RULES), ids=lambda c: getattr(c, "__name__", c))
 def test_every_module_rule_is_exact(cls):
-    if isinstance(cls, str):
-        _type(cls)
-        pytest.skip("qualified-name registrations (transformers' Conv1D) are exercised by "
-                    "tests/test_transformers.py (GPT-2), exact against the masked original")
+    _skip_named(cls)
     if cls in SKIPPED_MODULES:
         pytest.skip(SKIPPED_MODULES[cls])
     exact_through(_module_op(cls), exact=cls not in NORMS_OVER_CHANNELS)
@@ -318,10 +307,7 @@ def test_every_handler_type_has_a_rule_and_a_probe():
 
 @pytest.mark.parametrize("cls", list(HANDLERS), ids=lambda c: getattr(c, "__name__", c))
 def test_every_handler_keeps_dtype_grad_mode_and_selected_slices(cls):
-    if isinstance(cls, str):
-        _type(cls)
-        pytest.skip("qualified-name registrations (transformers' Conv1D) are exercised by "
-                    "tests/test_transformers.py (GPT-2), exact against the masked original")
+    _skip_named(cls)
     if cls in SKIPPED_MODULES:
         pytest.skip(SKIPPED_MODULES[cls])
     module = _module_op(cls).m.double().train(False)
