@@ -13,7 +13,8 @@ import torchvision
 
 import criteria
 import surgery
-from criteria import APoZ, Coverage, HRank, OCAP, Taylor, TaylorWeight, Wanda
+from criteria import FLAP, ActivationNorm, APoZ, Coverage, HRank, OCAP, Taylor, TaylorWeight, Wanda
+from surgery.criteria.data import InputCriterion
 from surgery.metrics import count_params
 
 GEN = torch.Generator().manual_seed(0)
@@ -239,7 +240,7 @@ def test_every_data_criterion_prunes_resnet18_and_scores_standalone(name):
         warnings.simplefilter("ignore")
         pruned = surgery.prune(model, x, ratio=0.5, criterion=crit, data=data)
     assert count_params(pruned) < count_params(model) and pruned(x).shape == (1, 5)
-    layer = model.layer1[0].conv2 if name == "wanda" else model.layer1[0].bn1
+    layer = model.layer1[0].conv2 if isinstance(crit, InputCriterion) else model.layer1[0].bn1
     if name in ("fisher", "lrp"):
         layer = model.layer1[0].conv1
     s = criteria.get(name, k=2).calibrate(model, data[:1]).score(layer) if name == "ktaylor" else \
@@ -275,3 +276,33 @@ def test_lrp_conserves_relevance_layer_to_layer_without_bias():
     assert totals == pytest.approx([float(start)] * 3, rel=1e-6)
     normalized = criteria.LRP().calibrate(model, data).score(model[2])
     assert float(normalized.abs().sum()) == pytest.approx(1.0)
+
+
+def _inputs_of(layer, model, data):
+    seen = []
+    h = layer.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().double()))
+    with torch.no_grad():
+        for x, _ in data:
+            model(x)
+    h.remove()
+    return torch.cat(seen).transpose(0, 1).reshape(seen[0].shape[1], -1)  # [C, samples*positions]
+
+
+def test_activation_norm_and_flap_match_hand_computation():
+    model, data = Small(), batches(3)
+    x = _inputs_of(model.conv2, model, data)
+    mean_square = ActivationNorm().calibrate(model, data).score(model.conv2).double()
+    assert torch.allclose(mean_square, (x ** 2).mean(1), rtol=1e-5, atol=1e-9)
+    column = model.conv2.weight.detach().double().transpose(0, 1).reshape(6, -1).pow(2).sum(1)
+    flap = FLAP().calibrate(model, data).score(model.conv2).double()
+    assert torch.allclose(flap, x.var(1) * column, rtol=1e-5, atol=1e-9)
+    assert torch.allclose(ActivationNorm(statistic="fluctuation").calibrate(model, data).score(model.conv2), flap.float())
+    dead = Small(dead=2)
+    for crit in (ActivationNorm(), FLAP()):
+        s = crit.calibrate(dead, data).score(dead.conv2)
+        assert int(s.argmin()) == 2 and float(s[2]) == 0.0
+
+
+def test_activation_norm_rejects_an_unknown_statistic():
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        ActivationNorm(statistic="variance")

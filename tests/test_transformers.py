@@ -114,3 +114,25 @@ def test_llm_heads_example():
     result = llm_heads.main()
     assert result["heads"] == (8, 4) and result["kv_heads"] == (4, 2) and result["mlp"] == (256, 128)
     assert result["error"] < 1e-10 and result["reloaded_equal"] and result["generated"] == (1, 12)
+
+
+@pytest.mark.parametrize("criterion", ["activation_norm", "flap", "taylor"])
+def test_data_criteria_on_token_batches_remove_the_dead_key_value_head(criterion):
+    """Key/value head 0 outputs zeros (its v rows are zero), so query heads 0 and 1, which read
+    it, contribute nothing: every data criterion must take that group first. Batches are dicts
+    of keyword arguments with labels (the model's own loss drives Taylor)."""
+    model, x, _ = build("llama")
+    d = model.config.hidden_size // model.config.num_attention_heads
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.v_proj.weight[:d] = 0.0
+    g = torch.Generator().manual_seed(2)
+    data = [{"input_ids": (ids := torch.randint(1, 128, (2, 8), generator=g)), "labels": ids} for _ in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = surgery.prune(model, x, ratio=0.5, attention="heads", criterion=criterion, data=data,
+                              ignored_layers=[model.get_input_embeddings()])
+    for old, new in zip(model.model.layers, small.model.layers):
+        assert torch.equal(new.self_attn.k_proj.weight, old.self_attn.k_proj.weight[d:])
+        assert torch.equal(new.self_attn.q_proj.weight, old.self_attn.q_proj.weight[2 * d:])
+    assert max_error(model, small, x) < 1e-10

@@ -30,13 +30,14 @@ from surgery.criteria.data import DataCriterion
 from surgery.criteria.activations import APoZ, Coverage, HRank, Taylor
 from surgery.criteria.gradients import Fisher, KTaylor, TaylorWeight
 from surgery.criteria.wanda import Wanda
+from surgery.criteria.activation_norm import FLAP, ActivationNorm
 from surgery.criteria.ocap import OCAP
 from surgery.criteria.lrp import LRP
 
 __all__ = ["Criterion", "Wrapper", "GroupView", "WeightCriterion", "DataCriterion", "get", "register",
            "available", "lowest", "Normalized", "bn_l1_penalty", "L1Norm", "L2Norm", "BNScale", "FPGM",
            "Random", "KMeansCriterion", "Taylor", "Coverage", "APoZ", "HRank", "TaylorWeight", "Fisher",
-           "KTaylor", "Wanda", "OCAP", "LRP"]
+           "KTaylor", "Wanda", "ActivationNorm", "FLAP", "OCAP", "LRP"]
 
 _MOVED = {"layer_view": "base", "n_remove": "base", "CRITERIA": "registry", "lamp": "normalize",
           "normalize_scores": "normalize", "cluster_filters": "kmeans", "kmeans_removal": "kmeans"}

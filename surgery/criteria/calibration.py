@@ -17,14 +17,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["Stats", "hooked", "run_batches", "HOOKABLE", "channel_dim", "per_channel_view"]
+__all__ = ["Stats", "hooked", "run_batches", "HOOKABLE", "CHANNELS_LAST", "hookable", "channel_dim",
+           "per_channel_view"]
 
 HOOKABLE = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
+# Layers named by qualified class name (their package need not be imported) that read and
+# write the last dim like nn.Linear: Hugging Face's Conv1D (GPT-2) stores its weight [in, out].
+CHANNELS_LAST: set = {"transformers.pytorch_utils.Conv1D"}
+
+
+def _channels_last(module: nn.Module) -> bool:
+    return any(f"{c.__module__}.{c.__qualname__}" in CHANNELS_LAST for c in type(module).__mro__)
+
+
+def hookable(module: nn.Module) -> bool:
+    """Layers whose statistics data criteria collect: conv, linear, norms, and ``CHANNELS_LAST``."""
+    return isinstance(module, HOOKABLE) or _channels_last(module)
+
+
 def channel_dim(module: nn.Module, t: torch.Tensor) -> int:
-    """The channel dim of a module's input/output: last for Linear/LayerNorm, else 1."""
-    if isinstance(module, (nn.Linear, nn.LayerNorm)) or t.dim() < 2:
+    """The channel dim of a module's input/output: last for Linear/LayerNorm (and the layers
+    in ``CHANNELS_LAST``), else 1."""
+    if isinstance(module, (nn.Linear, nn.LayerNorm)) or _channels_last(module) or t.dim() < 2:
         return t.dim() - 1
     return 1
 
@@ -130,19 +146,42 @@ def as_batches(data: Any, batch_size: int = 32) -> Iterable:
     return data
 
 
+def _call(model: nn.Module, inputs: Any) -> Any:
+    """A batch's inputs: keyword arguments (a dict, e.g. Hugging Face token batches), several
+    positional arguments (a tuple or list) or one tensor."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+
+
+def _loss(output: Any, targets: Any, loss_fn: Callable | None) -> torch.Tensor:
+    """``loss_fn(output, targets)``; without a loss_fn, a loss the model computed itself (a Hugging
+    Face output's ``.loss``, given ``labels`` in the batch) or summed cross-entropy on targets."""
+    if loss_fn is not None:
+        return loss_fn(output, targets)
+    own = getattr(output, "loss", None)
+    if targets is None and isinstance(own, torch.Tensor):
+        return own
+    if targets is None:
+        raise ValueError("gradient criteria need targets: batches of (inputs, targets), a dict batch with "
+                         "labels whose output has .loss, or a forward_fn returning (output, targets)")
+    return sum_cross_entropy(output, targets)
+
+
 def run_batches(model: nn.Module, data: Iterable, *, max_batches: int | None = None,
                 forward_fn: Callable | None = None, loss_fn: Callable | None = None,
                 backward: bool = False, device: Any = None, on_batch: Callable | None = None,
                 after_backward: Callable | None = None, desc: str = "calibrating") -> int:
     """Forward (and backward) every batch; returns the number of batches seen.
 
-    A batch is ``(inputs, targets)`` unless ``forward_fn(model, batch) -> (output, targets)``
-    says otherwise. ``loss_fn(output, targets)`` defaults to summed cross-entropy.
+    A batch is ``(inputs, targets)``, or a dict of keyword arguments (``{"input_ids": ids,
+    "labels": ids}``), unless ``forward_fn(model, batch) -> (output, targets)`` says otherwise.
+    ``loss_fn(output, targets)`` defaults to the output's own ``.loss`` when the batch has no
+    targets, else summed cross-entropy.
     """
     if data is None:
         raise ValueError("this criterion needs data: pass data=<DataLoader or list of (inputs, targets)>")
     data = as_batches(data)
-    loss_fn = loss_fn or sum_cross_entropy
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):
         raise ValueError(f"max_batches must be a positive integer or None (all batches), got {max_batches!r}")
@@ -157,13 +196,10 @@ def run_batches(model: nn.Module, data: Iterable, *, max_batches: int | None = N
             if forward_fn is not None:
                 output, targets = forward_fn(model, batch)
             else:
-                output = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+                output = _call(model, inputs)
             if backward:
-                if targets is None:
-                    raise ValueError("gradient criteria need targets: batches of (inputs, targets), or a "
-                                     "forward_fn returning (output, targets)")
                 model.zero_grad(set_to_none=True)
-                loss_fn(output, targets).backward()
+                _loss(output, targets, loss_fn).backward()
                 if after_backward is not None:
                     after_backward()
         seen += 1

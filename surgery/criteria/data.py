@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from surgery.criteria.base import Criterion, GroupView
-from surgery.criteria.calibration import HOOKABLE, Stats, channel_dim, hooked, per_channel_view, run_batches
+from surgery.criteria.calibration import Stats, channel_dim, hookable, hooked, per_channel_view, run_batches
 
-__all__ = ["DataCriterion", "out_rows"]
+__all__ = ["DataCriterion", "InputCriterion", "out_rows"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -55,7 +55,7 @@ class DataCriterion(Criterion):
             >>> c.score(m[1]).shape
             torch.Size([4])
         """
-        modules = [m for m in model.modules() if isinstance(m, HOOKABLE)]
+        modules = [m for m in model.modules() if hookable(m)]
         stats = Stats(modules)
         hooks = dict(forward=self._forward_hook(stats) if self.hook_outputs else None,
                      pre=self._pre_hook(stats) if self.site == "input" else None)
@@ -141,6 +141,38 @@ class DataCriterion(Criterion):
     def state_bytes(self) -> int:
         """Memory held by the collected statistics."""
         return self._stats.nbytes() if self._stats is not None else 0
+
+
+class InputCriterion(DataCriterion):
+    """A data criterion that measures the *inputs* of a group's consumers (WANDA, activation
+    norms): the channels a layer reads. Standalone, ``score(layer)`` scores the layer's input
+    channels; remove them with ``surgery.layers.remove_kernels``."""
+    site = "input"
+    hook_outputs = False
+
+    def view_of(self, target):
+        """A layer is seen through its *input* channels."""
+        if not isinstance(target, (nn.Linear, nn.modules.conv._ConvNd)):
+            return super().view_of(target)
+        if getattr(target, "groups", 1) != 1:
+            raise ValueError(f"{self.name or type(self).__name__} on a single {type(target).__name__} supports "
+                             f"groups=1 layers; use it through surgery.prune for grouped convs")
+        w = target.weight.transpose(0, 1).reshape(target.weight.shape[1], -1)
+        return GroupView(consumers=[w], modules={"consumer": [target]},
+                         index={"consumer": [list(range(w.shape[0]))]})
+
+    def consumer_stats(self, view: GroupView):
+        """``(statistics, consumer weights [channels, k])`` of each consumer of the group."""
+        if not view.consumers:
+            raise ValueError(f"{self.name} scores the channels a layer reads: give it a Linear or Conv (its "
+                             f"input channels) or a group with consuming layers; this one has none (its "
+                             f"channels reach the model output)")
+        for (module, index), weights in zip(self.sites(view), view.consumers):
+            st = self.stats_of(module)
+            if st is None:
+                raise ValueError(f"{self.name}: no input statistics for {type(module).__name__}; calibrate "
+                                 f"on the same model object first")
+            yield {k: per_unit(v, index, view.size) if v.dim() else v for k, v in st.items()}, weights
 
 
 def per_unit(scores: torch.Tensor, index: np.ndarray, size: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ ALIASES = {  # the names users of other tools type -> canonical names
     "l1norm": "l1", "l1_norm": "l1", "magnitude": "l1", "weight_magnitude": "l1", "l2norm": "l2", "l2_norm": "l2",
     "slimming": "bn_scale", "network_slimming": "bn_scale", "bn": "bn_scale", "bn_gamma": "bn_scale",
     "geometric_median": "fpgm", "k_means": "kmeans", "k_l1": "kmeans", "taylor_fo": "taylor", "class_aware": "ocap",
+    "minitron": "activation_norm", "activation": "activation_norm",
 }
 
 
