@@ -19,6 +19,7 @@ import numpy as np
 import torch.nn as nn
 
 import surgery.criteria as _criteria
+from surgery.blocks import check_skip_blocks, skipped_blocks
 from surgery.groups import ChannelGraph, Group
 from surgery.inputs import layer_names
 from surgery.selection import group_view
@@ -51,6 +52,10 @@ class PruneConfig:
     or a callable (step, steps, final) -> fraction removed after that step).
     attention: "dims" (every head loses the same head dims) or "heads" (whole heads go).
     head_ratio: fraction of the heads to remove in head groups (default: ``ratio``).
+    skip_blocks: ``(first, last)`` (or one number for both): the first and last blocks of the
+    model's stack of repeated blocks (``surgery.blocks.repeated_blocks``: LLaMA's
+    ``model.layers``, ViT's ``blocks``) keep every channel they produce; groups produced
+    partly outside them (the residual stream) are still pruned.
     tracer: "auto" (torch.fx, then torch.export when fx fails), "fx" or "export".
     inplace: edit the given model (all or nothing) instead of returning a pruned copy.
     verify: check the rewrite against the original with the removed channels masked
@@ -74,6 +79,7 @@ class PruneConfig:
     verify: bool = True
     attention: str = "dims"
     head_ratio: float | None = None
+    skip_blocks: tuple = (0, 0)
     tracer: str = "auto"
 
     def validate(self) -> "PruneConfig":
@@ -83,6 +89,7 @@ class PruneConfig:
         if self.attention not in ("dims", "heads"):
             raise ValueError(f"attention must be 'dims' (prune head dims) or 'heads' (remove whole heads), "
                              f"got {self.attention!r}")
+        self.skip_blocks = check_skip_blocks(self.skip_blocks)
         if self.tracer not in ("auto", "fx", "export"):
             raise ValueError(f"tracer must be 'auto', 'fx' or 'export', got {self.tracer!r}")
         for key, r in self.ratios.items():
@@ -133,7 +140,8 @@ class PruneConfig:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
                 raise ValueError(f"unknown PruneConfig key {key!r}{hint}")
-        values = {k: tuple(v) if k in ("ignored_layers", "leaf_modules") else v for k, v in data.items()}
+        values = {k: tuple(v) if k in ("ignored_layers", "leaf_modules", "skip_blocks") and not isinstance(v, int)
+                  else v for k, v in data.items()}
         return cls(**values).validate()
 
     @classmethod
@@ -178,6 +186,7 @@ class Budget:
     def __init__(self, model: nn.Module, config: PruneConfig) -> None:
         self.config = config
         self._ratios = dict(zip(layer_names(model, config.ratios, "ratios"), config.ratios.values()))
+        self._skipped = skipped_blocks(model, config.skip_blocks)
         self._orig: dict = {}  # group anchor (name, role) -> size before any step
 
     def remember(self, graph: ChannelGraph) -> None:
@@ -222,9 +231,13 @@ class Budget:
         return self._orig.get(_key(g), g.size)
 
     def explicit_ratio(self, g: Group) -> float | None:
-        """The ``ratios`` entry of the layer (or innermost container) producing the group."""
+        """0 when every layer producing the group is in a skipped block, else the ``ratios``
+        entry of the layer (or innermost container) producing the group."""
+        makers = g.producers or [m for m in g.members if m.role == "out"]
+        if self._skipped and makers and all(any(_inside(m.name, b) for b in self._skipped) for m in makers):
+            return 0.0
         best, depth = None, -1
-        for m in g.producers or [m for m in g.members if m.role == "out"]:
+        for m in makers:
             for name, r in self._ratios.items():
                 inside = name == "" or m.name == name or m.name.startswith(name + ".")
                 if inside and name.count(".") + bool(name) > depth:
@@ -268,6 +281,10 @@ class Budget:
 
 def _key(g: Group) -> tuple:
     return (g.anchor.name, str(g.anchor.role))
+
+
+def _inside(name: str, container: str) -> bool:
+    return name == container or name.startswith(container + ".")
 
 
 def _floor(x: float) -> int:

@@ -54,6 +54,18 @@ def _shape(text: str) -> tuple:
     return shape
 
 
+def _pair(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected FIRST,LAST (two integers, e.g. 1,1), got {text!r}")
+    return values
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="surgery", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--iterative-steps", type=int, default=1)
     pr.add_argument("--round-to", type=int, help="kept channel counts are multiples of N")
     pr.add_argument("--ignore", action="append", default=[], metavar="LAYER", help="keep this layer's outputs whole")
+    pr.add_argument("--attention", choices=["dims", "heads"], default="dims",
+                    help="heads: remove whole attention heads; dims: the same head dims from every head")
+    pr.add_argument("--head-ratio", type=float, help="fraction of heads to remove (default: --ratio)")
+    pr.add_argument("--skip-blocks", type=_pair, default=(0, 0), metavar="FIRST,LAST",
+                    help="keep the first and last repeated blocks (transformer layers) whole, e.g. 1,1")
+    pr.add_argument("--tracer", choices=["auto", "fx", "export"], default="auto",
+                    help="auto: torch.fx, then torch.export when fx cannot trace the model")
     pr.add_argument("--data", help="calibration data for data criteria: digits (bundled) or a pipeline dataset "
                     "(cifar10, mnist, ..., folder) read from --data-root")
     pr.add_argument("--data-root", default="data", help="where --data lives (nothing is downloaded)")
@@ -190,7 +209,8 @@ def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
     from surgery.metrics import count_flops, count_params
     options = dict(ratio=args.ratio, criterion=args.criterion, global_pruning=args.global_pruning,
                    target_flops=args.target_flops, iterative_steps=args.iterative_steps, round_to=args.round_to,
-                   ignored_layers=tuple(args.ignore))
+                   ignored_layers=tuple(args.ignore), attention=args.attention, head_ratio=args.head_ratio,
+                   skip_blocks=args.skip_blocks, tracer=args.tracer)
     data = _calibration(args, tuple(x.shape)) if args.data else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -44,6 +44,7 @@ class Plan:
     inputs: list = field(default_factory=list)
     model: str = ""
     architecture: dict = field(default_factory=dict)
+    trace: dict = field(default_factory=dict)  # how the graph was traced: {"attention": ..., "tracer": ...}
 
     @property
     def removed_channels(self) -> int:
@@ -51,7 +52,7 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "model": self.model, "architecture": self.architecture,
-                "inputs": self.inputs, "remove": [vars(e) for e in self.entries]}
+                "inputs": self.inputs, "trace": self.trace, "remove": [vars(e) for e in self.entries]}
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -68,7 +69,8 @@ class Plan:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"malformed plan entry ({err}); each needs layer, size and indices") from None
         return cls(entries, list(data.get("inputs", [])), str(data.get("model", "")),
-                   dict(data.get("architecture") or {}))
+                   dict(data.get("architecture") or {}),
+                   {k: v for k, v in (data.get("trace") or {}).items() if k in ("attention", "tracer")})
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
@@ -119,7 +121,8 @@ def plan_from_units(graph: ChannelGraph, removed: np.ndarray, model: nn.Module |
         positions = np.nonzero(np.isin(m.unit_index, hit))[0].tolist()
         entries.append(PlanEntry(m.name, m.role, len(m.unit_index), positions))
     arch = fingerprint(model) if model is not None else {}
-    return Plan(entries, list(getattr(graph, "input_spec", [])), arch.get("class", ""), arch)
+    how = {"attention": getattr(graph, "attention", "dims"), "tracer": getattr(graph, "front", "fx")}
+    return Plan(entries, list(getattr(graph, "input_spec", [])), arch.get("class", ""), arch, how)
 
 
 def units_from_plan(graph: ChannelGraph, plan: Plan) -> np.ndarray:

@@ -42,7 +42,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), inplace: bool = False,
           data: Any = None, max_batches: int | None = None, forward_fn: Any = None,
           loss_fn: Any = None, verify: bool = True, attention: str = "dims",
-          head_ratio: float | None = None, tracer: str = "auto") -> nn.Module:
+          head_ratio: float | None = None, skip_blocks: Any = (0, 0), tracer: str = "auto") -> nn.Module:
     """Remove ``floor(ratio * size)`` channels from every prunable group.
 
     Channels that reach a model output are never pruned, so the classifier needs no
@@ -53,7 +53,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
     With ``verify=True`` the result is checked against the original with the removed
     channels masked (``surgery.VerificationError`` on a mismatch; see README "Correctness").
     ``attention="heads"`` removes whole attention heads (``head_ratio`` of them, default
-    ``ratio``) instead of the same head dims from every head. ``tracer``: "fx", "export"
+    ``ratio``) instead of the same head dims from every head. ``skip_blocks=(first, last)``
+    keeps the first and last repeated blocks (transformer layers) whole. ``tracer``: "fx", "export"
     (``torch.export``, for models fx cannot trace) or "auto" (fx, then export).
 
     Example:
@@ -66,7 +67,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
     """
     config = PruneConfig(ratio=check_ratio(ratio), criterion=criterion, ignored_layers=tuple_of(ignored_layers),
                          leaf_modules=tuple_of(leaf_modules), inplace=inplace, verify=verify,
-                         attention=attention, head_ratio=head_ratio, tracer=tracer)
+                         attention=attention, head_ratio=head_ratio, skip_blocks=skip_blocks, tracer=tracer)
     return Pruner(model, example_inputs, config, data=data, max_batches=max_batches, forward_fn=forward_fn,
                   loss_fn=loss_fn).step()
 

@@ -36,7 +36,7 @@ def apply_plan(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any
         raise TypeError(f"plan must be a surgery.Plan, its dict or its JSON text; got {type(plan).__name__}")
     check_architecture(plan, model)
     inputs = example_inputs if example_inputs is not None else spec_inputs(plan.inputs, _device(model))
-    graph = trace(model, inputs)
+    graph = trace(model, inputs, **plan.trace)  # the units the plan was made with (whole heads or dims)
     units = units_from_plan(graph, plan)
     new, _ = checked_rewrite(model, graph, units, inputs, inplace=inplace, verify_exact=verify)
     return record(new, model, plan)

@@ -68,7 +68,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         for m in g.members:
             m.type_name = "Parameter" if m.kind == "param" else type(gm.get_submodule(m.name)).__name__
     graph = ChannelGraph(gm, ctx, groups, roots)
-    graph.front = front
+    graph.front, graph.attention = front, attention
     graph.input_spec = input_spec(example_inputs)
     graph.example_inputs = example_inputs
     for w in ctx.warnings:

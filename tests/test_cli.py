@@ -76,3 +76,17 @@ def test_python_dash_m_surgery_and_version():
     assert out.stdout.startswith("torch-surgery ")
     helptext = subprocess.run([sys.executable, "-m", "surgery", "--help"], capture_output=True, text=True).stdout
     assert "``" not in helptext and "Examples:" in helptext
+
+
+def test_whole_heads_and_skipped_blocks_from_the_command_line(capsys, tmp_path):
+    pytest.importorskip("timm")
+    path = tmp_path / "vit.pt"
+    code, out, _ = run(capsys, "prune", "timm:vit_tiny_patch16_224", "--input-shape", "1,3,224,224",
+                       "--attention", "heads", "--skip-blocks", "1,1", "--ignore", "patch_embed", "--output", str(path))
+    assert code == 0 and "verified" in out
+    blocks = surgery.load(path).blocks
+    heads = [b.attn.num_heads for b in blocks]
+    assert heads[0] == heads[-1] == 3 and set(heads[1:-1]) == {2}  # floor(0.5 * 3) heads go
+    with pytest.raises(SystemExit) as stop:  # argparse rejects it with usage
+        main(["prune", "resnet20", "--skip-blocks", "x"])
+    assert stop.value.code == 2 and "FIRST,LAST" in capsys.readouterr().err

@@ -136,3 +136,18 @@ def test_data_criteria_on_token_batches_remove_the_dead_key_value_head(criterion
         assert torch.equal(new.self_attn.k_proj.weight, old.self_attn.k_proj.weight[d:])
         assert torch.equal(new.self_attn.q_proj.weight, old.self_attn.q_proj.weight[2 * d:])
     assert max_error(model, small, x) < 1e-10
+
+
+def test_skip_blocks_keeps_the_first_and_last_layers_whole():
+    model, x, _ = build("llama", layers=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = surgery.prune(model, x, ratio=0.5, attention="heads", skip_blocks=(1, 1),
+                              ignored_layers=[model.get_input_embeddings()])
+    kept = [(l.self_attn.q_proj.out_features, l.mlp.gate_proj.out_features) for l in small.model.layers]
+    assert kept == [(64, 96), (32, 48), (32, 48), (64, 96)]
+    assert max_error(model, small, x) < 1e-10
+    with pytest.raises(ValueError, match="would skip all 4 blocks of 'model.layers'"):
+        surgery.prune(model, x, ratio=0.5, skip_blocks=(2, 2))
+    with pytest.raises(ValueError, match="skip_blocks must be"):
+        surgery.prune(model, x, ratio=0.5, skip_blocks=(1, -1))

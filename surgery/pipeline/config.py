@@ -93,6 +93,10 @@ class PruneSection:
     ignored_layers: List[str] = field(default_factory=list)
     max_batches: int = 8                 # calibration batches for data criteria
     verify: bool = True
+    attention: str = "dims"              # "heads": remove whole attention heads
+    head_ratio: Optional[float] = None   # fraction of heads to remove (default: the ratio)
+    skip_blocks: List[int] = field(default_factory=lambda: [0, 0])  # first, last blocks kept whole
+    tracer: str = "auto"                 # auto, fx, export
 
 
 @dataclass

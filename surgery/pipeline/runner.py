@@ -220,7 +220,8 @@ class _Context:
         config = PruneConfig(criterion=_criteria.get(p.criterion, **p.criterion_options), global_pruning=p.global_pruning, normalize=p.normalize,
                              max_ratio=p.max_ratio, min_channels=p.min_channels, round_to=p.round_to,
                              iterative_steps=p.iterative_steps, schedule=p.schedule, verify=p.verify,
-                             ignored_layers=tuple(p.ignored_layers), **budget)
+                             ignored_layers=tuple(p.ignored_layers), attention=p.attention, head_ratio=p.head_ratio,
+                             skip_blocks=tuple(p.skip_blocks), tracer=p.tracer, **budget)
         needs_data = _criteria.get(p.criterion, **p.criterion_options).needs_data
         calib = datasets.loader(data.calibration, cfg.data.batch_size, distributed=distributed()) if needs_data else None
         t0 = time.perf_counter()
