@@ -1,6 +1,7 @@
 """``surgery.apply_plan``: replay a plan (JSON or :class:`surgery.Plan`) on a fresh model."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch.nn as nn
@@ -38,7 +39,9 @@ def apply_plan(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any
     inputs = example_inputs if example_inputs is not None else spec_inputs(plan.inputs, _device(model))
     graph = trace(model, inputs, **plan.trace)  # the units the plan was made with (whole heads or dims)
     units = units_from_plan(graph, plan)
-    new, _ = checked_rewrite(model, graph, units, inputs, inplace=inplace, verify_exact=verify)
+    with warnings.catch_warnings():  # advice on how to save does not apply to a model being loaded
+        warnings.filterwarnings("ignore", message=".*save with surgery.save")
+        new, _ = checked_rewrite(model, graph, units, inputs, inplace=inplace, verify_exact=verify)
     return record(new, model, plan)
 
 

@@ -151,3 +151,14 @@ def test_skip_blocks_keeps_the_first_and_last_layers_whole():
         surgery.prune(model, x, ratio=0.5, skip_blocks=(2, 2))
     with pytest.raises(ValueError, match="skip_blocks must be"):
         surgery.prune(model, x, ratio=0.5, skip_blocks=(1, -1))
+
+
+def test_surgery_save_round_trips_a_model_whose_config_cannot_describe_it(tmp_path):
+    model, small, x, _ = pruned("gpt2")
+    surgery.save(small, tmp_path / "gpt2.pt")
+    fresh, _, _ = build("gpt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # loading gives no advice on saving
+        back = surgery.load(tmp_path / "gpt2.pt", fresh)
+    with torch.no_grad():
+        assert torch.equal(back(**x).logits, small(**x).logits)
