@@ -98,3 +98,29 @@ def test_head_ratio_applies_to_head_groups_only():
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     small = prune(model, x, ratio=0.25, head_ratio=0.5, ignored_layers=[model.patch_embed])
     assert small.blocks[0].attn.num_heads == 2 and small.blocks[0].mlp.fc1.out_features == 576
+
+
+class MQA(nn.Module):
+    """Multi-query attention through ``enable_gqa``: one key/value head serves 4 query heads."""
+
+    def __init__(self, dim=32, heads=4):
+        super().__init__()
+        self.d = dim // heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, self.d), nn.Linear(dim, self.d)
+        self.o, self.fc = nn.Linear(dim, dim), nn.Linear(dim, 10)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, -1, self.d).transpose(1, 2)
+        k = self.k(x).view(b, n, 1, self.d).transpose(1, 2)
+        v = self.v(x).view(b, n, 1, self.d).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.d ** -0.5, enable_gqa=True)
+        return self.fc(x + self.o(y.transpose(1, 2).reshape(b, n, -1)))
+
+
+def test_multi_query_attention_loses_query_heads_and_keeps_its_one_key_value_head():
+    model = prepared(MQA())
+    x = torch.randn(2, 5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    small = prune(model, x, ratio=0.5)
+    assert small.q.out_features == 16 and small.k.out_features == small.v.out_features == 8
+    assert max_error(model, small, x) < 1e-10

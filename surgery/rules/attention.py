@@ -112,6 +112,8 @@ def _contract_head_dims(ctx: RuleContext, dq, dk, scale) -> None:
 
 def _repeat_heads(axes: dict, shape, heads: int) -> tuple:
     d = len(shape) - 1
+    if shape[d] == 1:  # one key/value head serves every query head (MQA): a broadcast
+        return axes, tuple(shape)
     out = dict(axes)
     if d in out:
         out[d] = np.repeat(out[d], heads // shape[d])

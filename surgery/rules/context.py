@@ -163,6 +163,13 @@ class RuleContext:
         self.head_vars.append(np.array(vars_, dtype=np.int64))
         self.head_nodes.append(self.node.name)
 
+    def is_heads(self, vars_: np.ndarray) -> bool:
+        """Whether these variables are (unified with) a recorded split into whole heads."""
+        if not self.head_vars or not len(vars_):
+            return False
+        roots = {self.vars.find(int(v)) for hv in self.head_vars for v in hv}
+        return self.vars.find(int(vars_[0])) in roots
+
     def note(self, vars_: np.ndarray, why: str) -> None:
         """Explain these channels if something else freezes them (a layout that ties heads
         to the stream, say): the note is added to their group's frozen reason."""

@@ -68,6 +68,9 @@ def reshape_axes(ctx: RuleContext, in_shape, axes: dict, out_shape, blocks: dict
             out[outs[0]] = axes[ins[0]]
             continue
         big = [d for d in tracked if in_shape[d] > 1]
+        heads = [d for d in big if ctx.attention == "heads" and ctx.is_heads(axes[d])]
+        if heads and len(big) > 1:  # whole heads merged with tracked dims (one shared key/value head's
+            big = [d for d in big if d not in heads] + heads[-1:]  # dims, say): the heads are what goes
         for d in tracked:
             if d not in big[-1:]:
                 ctx.freeze(axes[d], "reshape merges this channel dim with another tracked dim")
