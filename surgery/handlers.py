@@ -123,6 +123,16 @@ def _check(keep: torch.Tensor, n: int, module: nn.Module, side: str) -> None:
 
 
 # --------------------------------------------------------------------------- convolutions
+def _zero_outputs(module: nn.Module, dim: int, keep_out: Index) -> None:
+    """Verification masks: removed output channels are zero where they are made (weight
+    slices along ``dim`` and bias), so ops without a layer that read them (the q.k product of
+    attention, rotary embeddings) see what the pruned model sees."""
+    gone = ~_masks(module.weight.shape[dim], keep_out).to(module.weight.device)
+    module.weight.index_fill_(dim, torch.nonzero(gone).flatten(), 0)
+    if getattr(module, "bias", None) is not None:
+        module.bias[gone] = 0
+
+
 def _masks(n: int, keep: Index) -> torch.Tensor:
     mask = torch.ones(n, dtype=torch.bool)
     if keep is not None:
@@ -186,6 +196,9 @@ class ConvHandler(Handler):
         return [("weight", dim)] + ([("bias", 0)] if role == "out" and module.bias is not None else [])
 
     def mask(self, module, keep_in, keep_out):
+        if keep_out is not None and not isinstance(module, nn.modules.conv._ConvTransposeNd):
+            with torch.no_grad():
+                _zero_outputs(module, 0, keep_out)
         if keep_in is None:
             return module
         gone = ~_masks(module.in_channels, keep_in)
@@ -237,9 +250,11 @@ class LinearHandler(Handler):
         return [("weight", 0)] + ([("bias", 0)] if module.bias is not None else [])
 
     def mask(self, module, keep_in, keep_out):
-        if keep_in is not None:
-            with torch.no_grad():
+        with torch.no_grad():
+            if keep_in is not None:
                 module.weight[:, ~_masks(module.in_features, keep_in).to(module.weight.device)] = 0
+            if keep_out is not None:
+                _zero_outputs(module, 0, keep_out)
         return module
 
 

@@ -76,7 +76,9 @@ def kept_indices(original: torch.Tensor, pruned: torch.Tensor) -> tuple[list, li
 
 
 def zeroed_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
-    """A copy of ``original`` with every input slice that ``pruned`` dropped set to zero."""
+    """A copy of ``original`` with every slice that ``pruned`` dropped set to zero: the input
+    columns of convs and linears, their removed output rows and biases, and the dropped
+    slices of parameters read directly."""
     ref = copy.deepcopy(original)
     kept = dict(pruned.named_modules())
     with torch.no_grad():
@@ -107,8 +109,10 @@ def _zero_inputs(m: nn.Module, p: nn.Module) -> None:
         w[_others(w.shape[0], rows)] = 0
         return
     w[:, _others(w.shape[1], cols)] = 0
-    if isinstance(m, _CONV) and p.groups < m.groups:  # removed groups read removed channels
-        w[_others(w.shape[0], rows)] = 0
+    gone = _others(w.shape[0], rows)  # removed outputs are zero where they are made, so ops
+    w[gone] = 0                       # without a layer that read them (q.k, rotary) see no trace
+    if m.bias is not None:
+        m.bias[gone] = 0
 
 
 def _others(n: int, keep: list) -> list:

@@ -9,9 +9,11 @@ Example:
 """
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 
-from surgery.handlers import Handler, _check, _clone, _index, _masks, _select, register_handler, replace_param
+from surgery.handlers import (Handler, _check, _clone, _index, _masks, _select, _zero_outputs, register_handler,
+                              replace_param)
 from surgery.rules.context import RuleContext
 from surgery.rules.registry import register_module_rule
 
@@ -67,8 +69,9 @@ class TransposedLinearHandler(Handler):
         return [("weight", 1)] + ([("bias", 0)] if module.bias is not None else [])
 
     def mask(self, module, keep_in, keep_out):
-        if keep_in is not None:
-            import torch
-            with torch.no_grad():
+        with torch.no_grad():
+            if keep_in is not None:
                 module.weight[~_masks(module.weight.shape[0], keep_in).to(module.weight.device)] = 0
+            if keep_out is not None:
+                _zero_outputs(module, 1, keep_out)
         return module
