@@ -92,7 +92,7 @@ class ChannelGraph:
     def __init__(self, gm: fx.GraphModule, ctx: RuleContext, groups: list, roots: np.ndarray):
         self.gm, self.groups, self.roots = gm, groups, roots
         self.slots = list(ctx.slots.values())
-        self.patches = ctx.patches
+        self.patches, self.swaps = ctx.patches, ctx.swaps
         self.norms = ctx.norms
         self.warnings = ctx.warnings
         self.head_vars = ctx.head_vars  # one variable array per split into heads

@@ -211,7 +211,8 @@ def _patched_graph(graph: ChannelGraph, removed: np.ndarray):
         new = int((~gone[graph.roots[p.vars]]).sum())
         if new != len(p.vars):
             edits.append((p, new))
-    if not edits:
+    swaps = {node: fn for node, fn, vars_ in getattr(graph, "swaps", []) if gone[graph.roots[vars_]].any()}
+    if not edits and not swaps:
         return None
     g = copy.deepcopy(graph.gm.graph)
     owners = [(_owner(graph.gm.graph, p.node), len(p.vars), new) for p, new in edits]
@@ -219,6 +220,8 @@ def _patched_graph(graph: ChannelGraph, removed: np.ndarray):
         for key in [k for k in n.meta if k.startswith("surgery.")]:
             del n.meta[key]
     nodes = {n.name: n for n in g.nodes}
+    for name, fn in swaps.items():
+        nodes[name].target = fn
     for p, value in edits:
         node = nodes[p.node]
         where = p.path[0]

@@ -24,7 +24,7 @@ from surgery.exporting import ExportError, export_graph
 from surgery.groups import ChannelGraph, build_groups
 from surgery.inputs import as_inputs, evaluating, input_spec, layer_names
 from surgery.rules.context import VALUE_KEY, RuleContext, TensorMeta
-from surgery.rules.registry import module_rule_for
+from surgery.rules.registry import LEAF_FUNCTIONS, module_rule_for
 from surgery.ties import couple_shared_tensors
 
 __all__ = ["trace", "TraceError", "ShapeError", "symbolic_trace", "propagate"]
@@ -170,7 +170,7 @@ class ShapeError(ValueError):
 
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple, leaf_names: set) -> None:
-        super().__init__()
+        super().__init__(autowrap_functions=tuple(LEAF_FUNCTIONS))
         self.proxy_buffer_attributes = True  # buffers read in forward become get_attr nodes, not constants
         self._leaf_types, self._leaf_names = leaf_types, leaf_names
         self.module_path: list[tuple[str, str]] = []

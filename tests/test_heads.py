@@ -7,8 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, shifted_window_attention
 
 import surgery
+from surgery.swin_attention import window_attention
 from conftest import prepared
 from surgery.testing import max_error
 
@@ -31,23 +33,48 @@ def test_timm_vision_transformers_lose_whole_heads_exactly(name):
     assert max_error(model, small, x) < 1e-10
 
 
-def test_swin_heads_with_the_stream_kept_are_frozen_with_the_reason_and_the_mlp_is_exact():
-    model = prepared(torchvision.models.swin_t())
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_torchvision_swin_loses_whole_heads_exactly_with_every_stream_kept(name):
+    """The attention width becomes its own: heads go (q/k/v rows, projection columns, bias
+    table columns, logit scales) while the patch embedding and patch merging keep the streams."""
+    model = prepared(getattr(torchvision.models, name)())
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    graph = surgery.trace(model, x, attention="heads", ignored_layers=[model.features[0]])
-    first = [g for g in graph.groups if g.heads][0]
-    assert not first.prunable and "shifted_window_attention derives the head width" in first.reason
+    stems = [model.features[0]] + [m.reduction for m in model.modules() if isinstance(m, (PatchMerging, PatchMergingV2))]
+    small = prune(model, x, ratio=0.5, ignored_layers=stems)
+    assert small.get_submodule("features.1.0.attn.qkv").weight.shape == (3 * 64, 96)  # 3 -> 2 heads of 32
+    attn = small.get_submodule("features.5.0.attn")  # 12 -> 6 heads: per-head tables and scales follow
+    if name == "swin_t":
+        assert attn.relative_position_bias_table.shape[1] == 6
+    else:
+        assert attn.logit_scale.shape[0] == 6 and small.get_submodule("features.5.0.attn.cpb_mlp.2").weight.shape[0] == 6
+    calls = [n for n in small.graph.nodes if getattr(n.target, "__name__", "") == "window_attention"]
+    assert len(calls) == 12 and calls[0].args[5] == 2
+    assert max_error(model, small, x) < 1e-10
 
 
-def test_swin_heads_go_with_the_stream_and_bias_tables_follow():
+def test_swin_heads_and_stream_go_together_and_a_pruned_swin_traces_again():
     model = torchvision.models.swin_t().eval()
     x = torch.randn(1, 3, 224, 224)
     small = prune(model, x, ratio=0.5)
-    attn = small.features[5][0].attn
-    assert attn.num_heads == 6 and attn.relative_position_bias_table.shape[1] == 6
-    assert attn.qkv.out_features == 3 * 6 * 32
+    attn = small.get_submodule("features.5.0.attn")
+    assert attn.relative_position_bias_table.shape[1] == 6 and attn.qkv.weight.shape[0] == 3 * 6 * 32
     with torch.no_grad():
         assert small(x).shape == (1, 1000)
+    again = surgery.trace(small, x, attention="heads")  # window_attention stays one call with its rule
+    assert sum(g.heads and g.prunable for g in again.groups) == 12
+
+
+@pytest.mark.parametrize("shift, v2", [([0, 0], False), ([2, 3], False), ([2, 2], True)])
+def test_window_attention_equals_torchvision_when_the_widths_agree(shift, v2):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 13, 10, 12, generator=g, dtype=torch.float64)  # padded to windows of 4 x 6
+    qkv = torch.randn(36, 12, generator=g, dtype=torch.float64)
+    proj = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    bias = torch.randn(1, 3, 24, 24, generator=g, dtype=torch.float64)
+    kw = dict(qkv_bias=torch.randn(36, generator=g, dtype=torch.float64), proj_bias=None, training=False,
+              logit_scale=torch.randn(3, 1, 1, generator=g, dtype=torch.float64) if v2 else None)
+    a = shifted_window_attention(x, qkv, proj, bias, [4, 6], 3, shift, **kw)
+    assert torch.equal(a, window_attention(x, qkv, proj, bias, [4, 6], 3, shift, **kw))
 
 
 def test_torchvision_vit_multihead_attention_says_why_its_heads_stay():

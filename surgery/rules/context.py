@@ -114,6 +114,7 @@ class RuleContext:
     head_vars: list = field(default_factory=list)   # one variable per head, per head split
     head_nodes: list = field(default_factory=list)  # the node of each head split
     notes: list = field(default_factory=list)       # (vars, why): added to the reason if they end frozen
+    swaps: list = field(default_factory=list)       # (node, function, vars): call function once vars lose any
 
     def split_heads(self) -> bool:
         """Whether the current reshape splits channels into whole, removable heads."""
@@ -183,6 +184,12 @@ class RuleContext:
             return self.slots[key].vars
         self.slots[key] = Slot(name, Role(role), Kind(kind), np.asarray(vars_, dtype=np.int64))
         return vars_
+
+    def add_swap(self, function: Any, vars_: np.ndarray) -> None:
+        """Once any of ``vars_`` is removed, the current node must call ``function`` (same
+        arguments) instead of its own target: a general version of a function whose code
+        ties sizes the pruned model no longer has (the rewrite then returns a GraphModule)."""
+        self.swaps.append((self.node.name, function, np.asarray(vars_, dtype=np.int64)))
 
     def add_patch(self, path: tuple, vars_: np.ndarray) -> None:
         self.patches.append(Patch(self.node.name, path, np.asarray(vars_, dtype=np.int64)))

@@ -18,7 +18,7 @@ from typing import Callable
 import torch.nn as nn
 
 __all__ = [
-    "MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES",
+    "MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES", "LEAF_FUNCTIONS",
     "register_module_rule", "register_function_rule", "register_method_rule",
     "module_rule_for", "function_rule_for", "method_rule_for",
 ]
@@ -28,6 +28,7 @@ Rule = Callable  # (RuleContext, torch.fx.Node) -> axes
 MODULE_RULES: dict[type, Rule] = {}
 FUNCTION_RULES: dict[object, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
+LEAF_FUNCTIONS: list = []  # Python functions torch.fx keeps as one call (their rules see the call)
 
 
 def _registrar(table: dict, keys: tuple) -> Callable[[Rule], Rule]:

@@ -2,11 +2,14 @@
 relative-position bias it adds (``_get_relative_position_bias``).
 
 The function reshapes its q/k/v projection into ``(3, num_heads, C // num_heads)`` with
-``C`` its *input* width, so the attention width is tied to the stream's width: position
-``p`` of q, k, v and of the output projection's input is removed with stream channel ``p``.
-In "dims" mode every head loses the same positions; in "heads" mode a head goes with its
-``C // num_heads`` stream channels, its relative-position bias column and its logit scale,
-and the ``num_heads`` literal (and the module's attribute) follows.
+``C`` its *input* width, so in "dims" mode the attention width is tied to the stream's:
+position ``p`` of q, k, v and of the output projection's input goes with stream channel
+``p``, and every head loses the same positions. In "heads" mode the attention width is its
+own: a head goes with its q/k/v rows, output-projection columns, relative-position bias
+column and logit scale, whatever the stream does; the ``num_heads`` literal (and the
+module's attribute) follows, and once a head is gone the call becomes
+:func:`surgery.swin_attention.window_attention`, which reads the attention width from the
+q/k/v weight (same result when the widths agree).
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ import numpy as np
 import torch.fx as fx
 
 from surgery.rules.context import RuleContext
-from surgery.rules.registry import register_function_rule
+from surgery.rules.registry import LEAF_FUNCTIONS, register_function_rule
+from surgery.swin_attention import window_attention
 
 __all__ = ["shifted_window_attention", "relative_position_bias", "patch_merging_pad"]
 
 _MODULE = "torchvision.models.swin_transformer."
+LEAF_FUNCTIONS.append(window_attention)  # a pruned Swin traced again keeps it as one call
 
 
 @register_function_rule(_MODULE + "_patch_merging_pad")
@@ -45,7 +50,7 @@ def relative_position_bias(ctx: RuleContext, node: fx.Node):
     return {1: axes[1]} if 1 in axes else {}
 
 
-@register_function_rule(_MODULE + "shifted_window_attention")
+@register_function_rule(_MODULE + "shifted_window_attention", window_attention)
 def shifted_window_attention(ctx: RuleContext, node: fx.Node):
     names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads")
     x, qkv_w, proj_w, bias, _, heads = (ctx.arg(i, n) for i, n in enumerate(names))
@@ -56,13 +61,16 @@ def shifted_window_attention(ctx: RuleContext, node: fx.Node):
         stream = ctx.fresh(width)
         ctx.freeze(stream, "windowed attention over untracked inputs")
     wq, wp = ctx.axes(qkv_w) or {}, ctx.axes(proj_w) or {}
-    rows, out = _param(ctx, wq, 0, 3 * width), _param(ctx, wp, 0, width)
-    _tie(ctx, [_param(ctx, wq, 1, width), _param(ctx, wp, 1, width)] + list(rows.reshape(3, width)), stream)
+    att_width = ctx.shape(qkv_w)[0] // 3
+    rows, out = _param(ctx, wq, 0, 3 * att_width), _param(ctx, wp, 0, ctx.shape(proj_w)[0])
+    ctx.unify(_param(ctx, wq, 1, width), stream)
+    attention = stream if ctx.attention == "dims" else ctx.fresh(att_width)  # heads: a width of its own
+    _tie(ctx, [_param(ctx, wp, 1, att_width)] + list(rows.reshape(3, att_width)), attention)
     for b, v in ((qkv_b, rows), (proj_b, out)):
         if (ctx.axes(b) or {}).get(0) is not None:
             ctx.unify(ctx.axes(b)[0], v)
     per_head = [(ctx.axes(bias) or {}).get(1), (ctx.axes(logit) or {}).get(0)]
-    _heads(ctx, stream.reshape(heads, -1), [v for v in per_head if v is not None])
+    _heads(ctx, attention.reshape(heads, -1), [v for v in per_head if v is not None])
     shape = ctx.out_shape()
     return {len(shape) - 1: out}
 
@@ -84,8 +92,7 @@ def _heads(ctx: RuleContext, grid: np.ndarray, per_head: list) -> None:
         for v in per_head:
             ctx.unify(v, grid[:, 0])
         ctx.add_patch(("args", 5), grid[:, 0])
-        ctx.note(grid[:, 0], f"torchvision's shifted_window_attention derives the head width from its input "
-                             "width, so a head goes only with its channels of the stream")
+        ctx.add_swap(window_attention, grid[:, 0])
         return
     for row in grid[1:]:
         ctx.unify(grid[0], row)
