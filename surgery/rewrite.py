@@ -73,9 +73,10 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
         changed = _patched_graph(graph, removed)
         if changed is None:
             return target
-        _follow_attributes(target, changed[1])
         if getattr(graph, "front", "fx") == "export":  # the user's forward runs as is (verified)
+            _follow_attributes(target, changed[1], _names_a_size)
             return target
+        _follow_attributes(target, changed[1])
         return _graph_module(model, target, changed[0], graph)
 
 
@@ -252,6 +253,15 @@ def _follow_head_counts(target: nn.Module, graph: ChannelGraph, removed: np.ndar
         if kept != len(vars_):
             edits.append((_owner(graph.gm.graph, name), len(vars_), kept))
     _follow_attributes(target, edits, lambda attr: "head" in attr and "dim" not in attr and "size" not in attr)
+
+
+_SIZE_WORDS = ("dim", "size", "head", "group", "width", "features", "channels", "hidden", "embed", "rep")
+
+
+def _names_a_size(attr: str) -> bool:
+    """Export front, where no patched graph checks the edit: only attributes named like a
+    size follow a literal (``num_key_value_groups`` does, ``layer_idx`` never)."""
+    return any(w in attr.lower() for w in _SIZE_WORDS)
 
 
 def _follow_attributes(target: nn.Module, edits: list, wanted_attr=lambda attr: True) -> None:

@@ -17,6 +17,8 @@ def build(family: str, layers: int = 2):
     specs = {
         "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(hidden_size=64, intermediate_size=96,
                                                              num_attention_heads=4, num_key_value_heads=2)),
+        "llama-mqa": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(hidden_size=64, intermediate_size=96,
+                                                                 num_attention_heads=4, num_key_value_heads=1)),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(hidden_size=64, intermediate_size=96,
                                                             num_attention_heads=4, num_key_value_heads=2)),
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM, dict(hidden_size=64, intermediate_size=96,

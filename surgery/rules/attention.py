@@ -40,6 +40,7 @@ _MATMULS = (torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", torch.ein
 ATTENTION_PRODUCTS = tuple(_SDPA) + _MATMULS
 _RESHAPES = ("view", "reshape", "unflatten", torch.reshape, torch.ops.aten.view.default,
              torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default)
+REPEATS = ("expand", torch.ops.aten.expand.default)  # copies of key/value heads for their query heads
 _STOPS = ("linear", "conv", "addmm", "mm", "baddbmm", "embedding")
 
 
@@ -71,7 +72,7 @@ def _walk_back(node: fx.Node, found: set, seen: set) -> None:
         name = getattr(n.target, "__name__", str(n.target))
         if n.target in ATTENTION_PRODUCTS or any(s in name for s in _STOPS):
             continue
-        if n.target in _RESHAPES:
+        if n.target in _RESHAPES or n.target in REPEATS:
             found.add(n.name)
         stack.extend(n.all_input_nodes)
 

@@ -436,8 +436,15 @@ def expand(ctx: RuleContext, node: fx.Node):
             out[d + lead] = v
         else:
             ctx.freeze(v, "expand changes a channel dimension")
+    copies = {}
+    if ctx.split_heads():  # one key/value head copied for its query heads: one variable per copy,
+        copies = {d: ctx.fresh(out_shape[d]) for d in range(lead, len(out_shape))  # so query heads
+                  if in_shape[d - lead] == 1 and out_shape[d] > 1 and d not in out}  # can go alone
+        out.update(copies)
     if node.target == "expand":
         _patch_sizes(ctx, node, out)
+    elif copies:
+        _patch_sizes(ctx, node, copies)
     return out
 
 
