@@ -172,3 +172,15 @@ def test_multi_query_attention_loses_query_heads_and_keeps_its_key_value_head():
     assert small.config.num_attention_heads == 2 and small.config.num_key_value_heads == 1
     assert max_error(model, small, x) < 1e-10
     assert small.generate(x["input_ids"][:1], max_new_tokens=3, do_sample=False).shape == (1, 11)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_hidden_size_goes_when_the_embeddings_are_not_ignored(family):
+    """Through RMSNorm/LayerNorm the result cannot equal the masked original: the call warns,
+    checks output shapes, the config follows and the model still generates."""
+    model, x, _ = build(family)
+    with pytest.warns(UserWarning, match="normalisations over channels"):
+        small = surgery.prune(model, x, ratio=0.5, attention="heads")
+    assert (getattr(small.config, "hidden_size", None) or small.config.n_embd) == 32
+    assert not small.surgery_verification.exact
+    assert small.generate(x["input_ids"][:1], max_new_tokens=2, do_sample=False).shape == (1, 10)
