@@ -69,14 +69,15 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
         target = model if inplace else copy.deepcopy(model, _replaced_memo(model, keeps, kinds))
         target = _rebuild(target, keeps, kinds)
         follow_config(target, graph, removed)
-        _follow_head_counts(target, graph, removed)
+        before = _int_attributes(target)  # every follow compares with the values before any edit
+        _follow_head_counts(target, graph, removed, before)
         changed = _patched_graph(graph, removed)
         if changed is None:
             return target
         if getattr(graph, "front", "fx") == "export":  # the user's forward runs as is (verified)
-            _follow_attributes(target, changed[1], _names_a_size)
+            _follow_attributes(target, changed[1], before, _names_a_size)
             return target
-        _follow_attributes(target, changed[1])
+        _follow_attributes(target, changed[1], before)
         return _graph_module(model, target, changed[0], graph)
 
 
@@ -242,7 +243,13 @@ def _owner(g: fx.Graph, node_name: str) -> str | None:
     return list(stack.values())[-1][0] if stack else None
 
 
-def _follow_head_counts(target: nn.Module, graph: ChannelGraph, removed: np.ndarray) -> None:
+def _int_attributes(root: nn.Module) -> dict:
+    """``{(module name, attribute): value}`` of every public int attribute."""
+    return {(name, attr): v for name, m in root.named_modules() for attr, v in vars(m).items()
+            if type(v) is int and not attr.startswith("_")}
+
+
+def _follow_head_counts(target: nn.Module, graph: ChannelGraph, removed: np.ndarray, before: dict) -> None:
     """Head-count attributes (``num_heads``, ``num_key_value_heads``, ...) of the module that
     splits channels into heads follow the heads kept; ``head_dim`` stays."""
     gone = np.zeros(len(graph.roots), dtype=bool)
@@ -252,7 +259,7 @@ def _follow_head_counts(target: nn.Module, graph: ChannelGraph, removed: np.ndar
         kept = int((~gone[graph.roots[vars_]]).sum())
         if kept != len(vars_):
             edits.append((_owner(graph.gm.graph, name), len(vars_), kept))
-    _follow_attributes(target, edits, lambda attr: "head" in attr and "dim" not in attr and "size" not in attr)
+    _follow_attributes(target, edits, before, lambda attr: "head" in attr and "dim" not in attr and "size" not in attr)
 
 
 _SIZE_WORDS = ("dim", "size", "head", "group", "width", "features", "channels", "hidden", "embed", "rep")
@@ -264,7 +271,7 @@ def _names_a_size(attr: str) -> bool:
     return any(w in attr.lower() for w in _SIZE_WORDS)
 
 
-def _follow_attributes(target: nn.Module, edits: list, wanted_attr=lambda attr: True) -> None:
+def _follow_attributes(target: nn.Module, edits: list, before: dict, wanted_attr=lambda attr: True) -> None:
     """A literal that changed in a module's forward (``reshape(B, N, 3, self.num_heads, D)``)
     usually came from an int attribute of that module: set the attributes holding the old
     value to the new one, so the module's own class keeps working (checked afterwards by
@@ -274,16 +281,19 @@ def _follow_attributes(target: nn.Module, edits: list, wanted_attr=lambda attr: 
     for owner, old, new in edits:
         if owner is not None:
             wanted[(owner, old)].add(new)
+    by_owner: dict = defaultdict(dict)
     for (owner, old), news in wanted.items():
+        if len(news) == 1:
+            by_owner[owner][old] = next(iter(news))
+    for owner, new_of in by_owner.items():
         try:
             module = target.get_submodule(owner)
         except AttributeError:
             continue
-        if len(news) != 1:
-            continue
-        for attr, value in list(vars(module).items()):
-            if type(value) is int and value == old and not attr.startswith("_") and wanted_attr(attr):
-                setattr(module, attr, next(iter(news)))
+        for attr in list(vars(module)):  # values from before any edit: 4 -> 2 and 2 -> 1 never chain
+            value = before.get((owner, attr))
+            if value in new_of and wanted_attr(attr):
+                setattr(module, attr, new_of[value])
 
 
 def _set_path(obj, path: tuple, value):

@@ -151,3 +151,34 @@ def test_multi_query_attention_loses_query_heads_and_keeps_its_one_key_value_hea
     small = prune(model, x, ratio=0.5)
     assert small.q.out_features == 16 and small.k.out_features == small.v.out_features == 8
     assert max_error(model, small, x) < 1e-10
+
+
+class GQALiteral(GQA):
+    """GQA whose views name the head counts (literals in the exported graph): ``heads`` 4 -> 2
+    and ``kv_heads`` 2 -> 1 must both follow, each from its value before the rewrite."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.kv_heads = self.kv
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.heads, self.d).transpose(1, 2)
+        k = self.k(x).view(b, n, self.kv_heads, self.d).transpose(1, 2)
+        v = self.v(x).view(b, n, self.kv_heads, self.d).transpose(1, 2)
+        rep = self.heads // self.kv_heads
+        k = k[:, :, None].expand(b, self.kv_heads, rep, n, self.d).reshape(b, self.heads, n, self.d)
+        v = v[:, :, None].expand(b, self.kv_heads, rep, n, self.d).reshape(b, self.heads, n, self.d)
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.d ** -0.5)
+        return self.fc(x + self.o(y.transpose(1, 2).reshape(b, n, -1)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_grouped_query_heads_with_literal_head_counts(tracer):
+    model = prepared(GQALiteral(kv=2))
+    x = torch.randn(2, 5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    small = prune(model, x, ratio=0.5, tracer=tracer)
+    assert small.k.out_features == 8 and small.q.out_features == 16
+    assert max_error(model, small, x) < 1e-10
+    if tracer == "export":  # the user's class runs its own forward
+        assert (small.heads, small.kv_heads, small.d) == (2, 1, 8)

@@ -437,10 +437,11 @@ def expand(ctx: RuleContext, node: fx.Node):
         else:
             ctx.freeze(v, "expand changes a channel dimension")
     copies = {}
-    if ctx.split_heads():  # one key/value head copied for its query heads: one variable per copy,
-        copies = {d: ctx.fresh(out_shape[d]) for d in range(lead, len(out_shape))  # so query heads
-                  if in_shape[d - lead] == 1 and out_shape[d] > 1 and d not in out}  # can go alone
-        out.update(copies)
+    if ctx.split_heads():  # the one key/value head copied for every query head (MQA): a variable
+        copies = {d: ctx.fresh(out_shape[d]) for d in range(lead, len(out_shape))  # per copy, so
+                  if in_shape[d - lead] == 1 and out_shape[d] > 1 and d not in out  # query heads go
+                  and d - lead - 1 not in axes}  # alone; copies of tracked key/value heads (GQA) stay
+        out.update(copies)                       # tied to them, so a head goes with its copies
     if node.target == "expand":
         _patch_sizes(ctx, node, out)
     elif copies:
