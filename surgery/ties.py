@@ -21,11 +21,13 @@ __all__ = ["couple_shared_tensors", "shared_owners"]
 def shared_owners(root: nn.Module) -> list:
     """``[[(module name, attribute), ...], ...]`` for every tensor held under several names."""
     where: dict = defaultdict(list)
+    holders: dict = defaultdict(set)  # id(tensor) -> ids of the modules holding it
     for name, module in root.named_modules(remove_duplicate=False):
         for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
             if t is not None and (name, attr) not in where[id(t)]:
                 where[id(t)].append((name, attr))
-    return [owners for owners in where.values() if len({id(_owner(root, n)) for n, _ in owners}) > 1]
+                holders[id(t)].add(id(module))
+    return [owners for tid, owners in where.items() if len(holders[tid]) > 1]
 
 
 def _owner(root: nn.Module, name: str) -> nn.Module:
