@@ -306,3 +306,19 @@ def test_activation_norm_and_flap_match_hand_computation():
 def test_activation_norm_rejects_an_unknown_statistic():
     with pytest.raises(ValueError, match="statistic must be one of"):
         ActivationNorm(statistic="variance")
+
+
+def test_map_ranks_equal_matrix_rank_on_zero_rows_low_rank_and_near_deficient_maps():
+    """HRank's fast ranks must be torch.linalg.matrix_rank's exactly (same tolerance)."""
+    from surgery.criteria.activations import map_ranks
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((7, 7), (12, 9), (5, 16)):
+        full = F.relu(torch.randn(40, h, w, generator=g))
+        low = torch.randn(40, h, 2, generator=g) @ torch.randn(40, 2, w, generator=g)
+        near = full + 0.0
+        near[:, :, -1] = near[:, :, 0] + 1e-7 * torch.randn(40, h, generator=g)  # at the tolerance's edge
+        cut = full.clone()
+        cut[::2, : h // 2] = 0  # zero rows
+        cut[1::3, :, ::2] = 0  # zero columns
+        maps = torch.stack([full, low, near, cut, torch.zeros(40, h, w)])
+        assert torch.equal(map_ranks(maps), torch.linalg.matrix_rank(maps))

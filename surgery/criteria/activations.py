@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from surgery.criteria.data import DataCriterion
 from surgery.criteria.registry import register
 
-__all__ = ["Taylor", "Coverage", "APoZ", "HRank"]
+__all__ = ["Taylor", "Coverage", "APoZ", "HRank", "map_ranks"]
 
 
 def _act(a: torch.Tensor, activation: str | None) -> torch.Tensor:
@@ -95,8 +95,53 @@ class HRank(DataCriterion):
     def observe(self, module, act, raw):
         if raw.dim() != 4:
             return {}
-        ranks = torch.linalg.matrix_rank(_act(raw, self.activation))  # float32 SVD: 2x faster than float64
+        ranks = map_ranks(_act(raw, self.activation))
         return {"rank": ranks.sum(0).double(), "n": torch.tensor(float(raw.shape[0]))}
 
     def channel_scores(self, module, stats):
         return stats["rank"] / stats["n"]
+
+
+def map_ranks(maps: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.matrix_rank`` of every ``[..., H, W]`` map (its default tolerance,
+    ``max(H, W) * eps * sigma_max``), computed fast where the answer is sure.
+
+    Zero rows and columns (common after ReLU) do not change the rank or sigma_max. On the
+    smaller side of what remains, the map has full rank under that tolerance when its Gram
+    matrix minus ``tol^2 I`` is positive definite; with ``tol`` from an upper bound of
+    sigma_max (the smaller of the Gram's trace and its largest absolute row sum), a
+    successful float64 Cholesky proves it. Only the other maps pay for a singular value
+    decomposition.
+
+    Example:
+        >>> import torch
+        >>> m = torch.randn(2, 3, 6, 5, generator=torch.Generator().manual_seed(0))
+        >>> m[0, 1, :, 2:] = 0  # rank 2
+        >>> map_ranks(m).tolist()
+        [[5, 2, 5], [5, 5, 5]]
+    """
+    h, w = maps.shape[-2:]
+    flat = maps.reshape(-1, h, w)
+    rows, cols = flat.ne(0).any(-1), flat.ne(0).any(-2)  # [n, h], [n, w]
+    kept_rows, kept_cols = rows.sum(-1), cols.sum(-1)
+    ranks = torch.minimum(kept_rows, kept_cols)
+    sure = ranks == 0
+    for side in (cols, rows):
+        pick = ~sure & ((kept_cols <= kept_rows) if side is cols else (kept_cols > kept_rows))
+        if pick.any():
+            sure[pick] = _full_rank(flat[pick].double(), side[pick], max(h, w), maps.dtype, side is cols)
+    if (~sure).any():
+        ranks[~sure] = torch.linalg.matrix_rank(flat[~sure])
+    return ranks.reshape(maps.shape[:-2])
+
+
+def _full_rank(a: torch.Tensor, live: torch.Tensor, size: int, dtype: torch.dtype, columns: bool) -> torch.Tensor:
+    """Whether each map restricted to its ``live`` columns (or rows) has full rank under
+    ``matrix_rank``'s tolerance: a sufficient test (Cholesky of the Gram minus tol^2 I)."""
+    gram = a.transpose(-2, -1) @ a if columns else a @ a.transpose(-2, -1)
+    bound = torch.minimum(gram.diagonal(dim1=-2, dim2=-1).sum(-1), gram.abs().sum(-1).amax(-1))  # >= sigma_max^2
+    tol2 = (size * torch.finfo(dtype).eps) ** 2 * bound
+    dead = (~live).double()  # a zero row/column: make its dim trivially positive, out of the test
+    shift = torch.diag_embed(dead * (1.0 + tol2[:, None]) - tol2[:, None])
+    _, info = torch.linalg.cholesky_ex(gram + shift)
+    return info == 0
