@@ -144,6 +144,10 @@ def test_skip_blocks_keeps_the_first_and_last_layers_whole():
     kept = [(l.self_attn.q_proj.out_features, l.mlp.gate_proj.out_features) for l in small.model.layers]
     assert kept == [(64, 96), (32, 48), (32, 48), (64, 96)]
     assert max_error(model, small, x) < 1e-10
+    with warnings.catch_warnings():  # the residual stream is produced outside the skipped blocks too
+        warnings.simplefilter("ignore")
+        stream = surgery.prune(model, x, ratio=0.5, attention="heads", skip_blocks=(1, 1))
+    assert stream.config.hidden_size == 32 and stream.model.layers[0].mlp.gate_proj.out_features == 96
     with pytest.raises(ValueError, match="would skip all 4 blocks of 'model.layers'"):
         surgery.prune(model, x, ratio=0.5, skip_blocks=(2, 2))
     with pytest.raises(ValueError, match="skip_blocks must be"):
