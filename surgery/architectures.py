@@ -4,6 +4,10 @@ A spec is a ``surgery.models`` name (``resnet20``, ``vgg16_bn``, ...), ``torchvi
 ``timm:NAME``, or ``module:function`` / ``path/to/file.py:function`` returning an nn.Module.
 ``num_classes`` is passed on when the builder accepts it. Weights are random (no downloads).
 
+A spec read from a file (a saved model, a run folder) is built with :func:`build_stored`,
+which never imports or calls code the file names: only zoo names, ``torchvision:`` and
+``timm:`` specs, and the functions the caller passes in ``builders``.
+
 Example:
     >>> from surgery.architectures import build
     >>> build("resnet20", num_classes=10).fc.out_features
@@ -19,7 +23,14 @@ from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["build"]
+__all__ = ["build", "build_stored", "build_function", "is_function_spec", "UntrustedSpecError"]
+
+# keyword arguments a stored spec may not carry: they make a builder read files or download
+_FILE_KWARGS = ("checkpoint", "pretrained", "weights", "path", "file", "url", "cache_dir")
+
+
+class UntrustedSpecError(ValueError):
+    """A spec read from a file names code to run; it is refused before anything is imported."""
 
 
 def build(spec: str, **kwargs: Any) -> nn.Module:
@@ -33,8 +44,8 @@ def build(spec: str, **kwargs: Any) -> nn.Module:
         model = _torchvision(spec.split(":", 1)[1], kwargs)
     elif spec.startswith("timm:"):
         model = _timm(spec.split(":", 1)[1], kwargs)
-    elif ":" in spec:
-        model = _call(_function(spec), kwargs)
+    elif is_function_spec(spec):
+        model = _call(build_function(spec), kwargs)
     else:
         zoo = importlib.import_module("surgery.models")  # looked up by name: the engine never imports the zoo
         try:
@@ -44,6 +55,49 @@ def build(spec: str, **kwargs: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def build_stored(spec: Any, kwargs: dict | None = None, *, builders: dict | None = None,
+                 source: str = "the file") -> nn.Module:
+    """Build a spec that was read from ``source`` (a saved model, a run folder).
+
+    Zoo names, ``torchvision:NAME`` and ``timm:NAME`` are built as by :func:`build`;
+    a ``module:function`` or ``file.py:function`` spec is built only with the function the
+    caller gives for it in ``builders`` (``{"my_pkg.nets:build": build}``): nothing named by
+    the file is imported or called. Keyword arguments that would make a builder read a file
+    or download (``checkpoint_path``, ``pretrained``, ``weights``, ...) are refused.
+
+    Example:
+        >>> build_stored("resnet20", {"num_classes": 10}).fc.out_features
+        10
+        >>> try:
+        ...     build_stored("os:system", {"command": "true"})
+        ... except UntrustedSpecError as err:
+        ...     print(str(err)[:56])
+        the file names the function 'os:system' to build its mod
+    """
+    kwargs = dict(kwargs or {})
+    builders = dict(builders or {})
+    if not isinstance(spec, str) or not spec:
+        raise UntrustedSpecError(f"{source} names no model spec (got {spec!r}): pass model=<a fresh instance>")
+    for key in kwargs:
+        if not isinstance(key, str) or any(word in key.lower() for word in _FILE_KWARGS):
+            raise UntrustedSpecError(f"{source} passes {key!r} to the builder of {spec!r}; keyword arguments "
+                                     f"that read files or download are not taken from a file. Build the model "
+                                     f"yourself and pass model=<it>")
+    if spec in builders:
+        if not callable(builders[spec]):
+            raise TypeError(f"builders[{spec!r}] must be a function returning an nn.Module")
+        model = _call(builders[spec], kwargs)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"builders[{spec!r}] returned {type(model).__name__}, not an nn.Module")
+        return model
+    if is_function_spec(spec):
+        raise UntrustedSpecError(
+            f"{source} names the function {spec!r} to build its model; functions named by a file are never "
+            f"imported or called. If you trust it, pass it yourself: builders={{{spec!r}: <the function>}} "
+            f"(CLI: --builder {spec}), or pass model=<a fresh instance>")
+    return build(spec, **kwargs)
 
 
 def _torchvision(name: str, kwargs: dict) -> nn.Module:
@@ -63,7 +117,14 @@ def _timm(name: str, kwargs: dict) -> nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def _function(spec: str):
+def is_function_spec(spec: str) -> bool:
+    """``module:function`` or ``file.py:function`` (code to import), not a zoo/torchvision/timm name."""
+    return isinstance(spec, str) and ":" in spec and not spec.startswith(("torchvision:", "timm:"))
+
+
+def build_function(spec: str):
+    """The function a ``module:function`` / ``file.py:function`` spec names (imported: only
+    for specs the user gave, never for one read from a file)."""
     where, _, fn_name = spec.rpartition(":")
     if where.endswith(".py"):
         if not os.path.exists(where):

@@ -130,13 +130,17 @@ def _pipeline_parsers(sub) -> None:
     w.add_argument("--out", help="sweep folder (default runs/sweep-<timestamp>)")
     rp = sub.add_parser("report", help="rebuild report.html and report.pdf of a run folder")
     rp.add_argument("run_dir")
+    rp.add_argument("--builder", action="append", default=[], metavar="MODULE:FUNCTION",
+                    help="trust this model function named by the run (repeatable); nothing else the run "
+                         "folder names is imported")
 
 
 def _pipeline(args) -> int:
     from surgery.pipeline import config as pconfig
     if args.command == "report":
         from surgery.pipeline.report_files import write_reports
-        for path in write_reports(args.run_dir):
+        from surgery.architectures import build_function
+        for path in write_reports(args.run_dir, builders={b: build_function(b) for b in args.builder}):
             print(path)
         return 0
     overrides = list(args.overrides) + ([f"out={args.out}"] if getattr(args, "out", None) else [])

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from surgery.architectures import build
+from surgery.architectures import build_stored
 from surgery.history import history
 from surgery.plan import Plan
 from surgery.replay import apply_plan
@@ -53,28 +53,47 @@ def save(model: nn.Module, path: str | os.PathLike, *, architecture: str | dict 
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, example_inputs: Any = None,
-         map_location: Any = None) -> nn.Module:
+         map_location: Any = None, builders: dict | None = None) -> nn.Module:
     """Rebuild the pruned model saved at ``path``.
 
     ``model`` is a fresh instance of the saved architecture (edited in place; its weights
     are replaced); leave it out when the file was saved with ``architecture=`` and it is
-    built from that spec. No pickled code is executed. On any error ``model`` is left
-    exactly as it was."""
+    built from that spec. No pickled code is executed, and no function the file names: a
+    stored ``module:function`` spec is built only with the function you pass for it in
+    ``builders`` (``{"my_pkg.nets:build": build}``); zoo, ``torchvision:`` and ``timm:``
+    specs need nothing. On any error ``model`` is left exactly as it was, weights included."""
     data = _read(path, map_location)
     if model is None:
-        model = _build_saved(path, data)
+        model = _build_saved(path, data, builders)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (a fresh instance of the saved architecture), "
                         f"got {type(model).__name__}")
     with transaction(model):
         for text in json.loads(data["history"]):
             model = apply_plan(model, Plan.from_json(text), example_inputs=example_inputs, inplace=True)
+        _check_fits(model, data["state_dict"], path)  # before any copy: load_state_dict writes as it goes
         try:
             model.load_state_dict(data["state_dict"])
         except RuntimeError as err:
             raise ValueError(f"the weights in {path} do not fit this model after replaying its plans: "
                              f"pass a fresh instance of the architecture that was saved ({err})") from None
     return model
+
+
+def _check_fits(model: nn.Module, state: dict, path: str | os.PathLike) -> None:
+    """Names and shapes of ``state`` equal the model's (what ``load_state_dict`` checks, but
+    before it has copied anything into the model)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in own
+             if k in state and isinstance(state[k], torch.Tensor) and isinstance(own[k], torch.Tensor)
+             and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shapes differ: {wrong[:3]}" if wrong else "") if part)
+        raise ValueError(f"the weights in {path} do not fit this model after replaying its plans ({detail}): "
+                         f"pass a fresh instance of the architecture that was saved. The model was left as it was")
 
 
 def _architecture(architecture: str | dict | None) -> dict | None:
@@ -91,14 +110,16 @@ def _architecture(architecture: str | dict | None) -> dict | None:
     return spec
 
 
-def _build_saved(path: str | os.PathLike, data: dict) -> nn.Module:
+def _build_saved(path: str | os.PathLike, data: dict, builders: dict | None) -> nn.Module:
     spec = json.loads(data.get("architecture") or "null")
     if spec is None:
         raise TypeError(f"{path} does not say how to build its architecture: pass model=<a fresh instance> "
                         "(e.g. torchvision.models.resnet50() or models.create('resnet20')), or save with "
                         "surgery.save(model, path, architecture='resnet20') next time")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} is malformed: its architecture is not a spec")
     kwargs = {k: v for k, v in spec.items() if k != "name"}
-    return build(spec["name"], **kwargs)
+    return build_stored(spec.get("name"), kwargs, builders=builders, source=str(path))
 
 
 def _read(path: str | os.PathLike, map_location: Any) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from surgery.architectures import build
+from surgery.architectures import build_stored
 from surgery.layers import keep_classes
 from surgery.report import Report, report
 from surgery.saving import load
@@ -19,17 +19,19 @@ from surgery.saving import load
 __all__ = ["write_reports", "run_report"]
 
 
-def run_report(run_dir: str | Path) -> Report:
-    """The :class:`surgery.Report` of a finished run."""
+def run_report(run_dir: str | Path, builders: dict | None = None) -> Report:
+    """The :class:`surgery.Report` of a finished run. A run whose model is a ``module:function``
+    spec needs that function in ``builders`` (``{"my_pkg.nets:build": build}``): nothing the
+    run folder names is imported or called."""
     out = Path(run_dir)
     for name in ("metrics.json", "config.yaml", "model.pt"):
         if not (out / name).exists():
             raise FileNotFoundError(f"{out} is not a finished run folder: {name} is missing")
     metrics = json.loads((out / "metrics.json").read_text())
     config = yaml.safe_load((out / "config.yaml").read_text())
-    pruned = load(out / "model.pt")
+    pruned = load(out / "model.pt", builders=builders)
     example = torch.zeros(1, *metrics["input_shape"])
-    original = _original(out, config, metrics)
+    original = _original(out, config, metrics, builders)
     insight = json.loads((out / "insight.json").read_text()) if (out / "insight.json").exists() else None
     history = list(csv.DictReader(open(out / "history.csv"))) if (out / "history.csv").exists() else []
     title = f"Pruning report: {config['model']['name']} on {config['data']['name']}"
@@ -37,18 +39,19 @@ def run_report(run_dir: str | Path) -> Report:
                   title=title)
 
 
-def write_reports(run_dir: str | Path) -> list[str]:
+def write_reports(run_dir: str | Path, builders: dict | None = None) -> list[str]:
     """Write report.html and report.pdf into ``run_dir``; returns their paths."""
-    rep = run_report(run_dir)
+    rep = run_report(run_dir, builders)
     out = Path(run_dir)
     (out / "report.md").write_text(rep.to_markdown())
     return [rep.to_html(out / "report.html"), rep.to_pdf(out / "report.pdf")]
 
 
-def _original(out: Path, config: dict, metrics: dict) -> torch.nn.Module:
+def _original(out: Path, config: dict, metrics: dict, builders: dict | None) -> torch.nn.Module:
     classes = config["data"].get("classes")
     full = metrics.get("num_classes_trained") or len(metrics.get("class_names") or []) or 10
-    model = build(config["model"]["name"], num_classes=full, **(config["model"].get("kwargs") or {}))
+    kwargs = {"num_classes": full, **(config["model"].get("kwargs") or {})}
+    model = build_stored(config["model"]["name"], kwargs, builders=builders, source=str(out / "config.yaml"))
     weights = out / "checkpoints" / "trained.pt"
     if not weights.exists() and config["model"].get("checkpoint"):
         weights = Path(config["model"]["checkpoint"])

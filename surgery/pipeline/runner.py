@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 import surgery.criteria as _criteria
 
-from surgery.architectures import build
+from surgery.architectures import build, build_function, is_function_spec
 from surgery.budget import PruneConfig
 from surgery.history import history
 from surgery.layers import keep_classes
@@ -284,6 +284,11 @@ class _Context:
             path.write_text(json.dumps(value))
         return value
 
+    def _builders(self) -> dict:
+        """The run's own model function (the user's config named it) for rebuilding the report."""
+        name = self.cfg.model.name
+        return {name: build_function(name)} if is_function_spec(name) else {}
+
     def _architecture(self, data) -> dict:
         return {"name": self.cfg.model.name, "num_classes": data.num_classes, **self.cfg.model.kwargs}
 
@@ -308,7 +313,7 @@ class _Context:
             writer.writeheader()
             writer.writerows(rows)
         if self.cfg.report:
-            write_reports(self.out)
+            write_reports(self.out, builders=self._builders())
         self.log(f"wrote {self.out}")
 
 
