@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn as nn
 
-__all__ = ["as_inputs", "input_spec", "spec_inputs", "evaluating", "run_eval", "flat_tensors",
+__all__ = ["as_inputs", "check_not_empty", "input_spec", "spec_inputs", "evaluating", "run_eval", "flat_tensors",
            "layer_names", "layer_name"]
 
 MAX_SPEC_ELEMENTS = 2 ** 28  # 1 GiB of float32: larger specs are refused, not allocated
@@ -37,6 +37,17 @@ def as_inputs(example_inputs: Any) -> tuple[tuple, dict]:
         return (), dict(example_inputs)
     raise TypeError("example_inputs must be a tensor, a tuple/list of inputs or a dict of "
                     f"keyword inputs; got {type(example_inputs).__name__}")
+
+
+def check_not_empty(example_inputs: Any) -> None:
+    """Refuse example inputs with an empty tensor (a batch of 0 samples): the model would be
+    traced and verified on nothing. Raises ValueError naming the input."""
+    args, kwargs = as_inputs(example_inputs)
+    items = list(kwargs.items()) if kwargs else [(f"example_inputs[{i}]", a) for i, a in enumerate(args)]
+    for name, value in items:
+        if isinstance(value, torch.Tensor) and value.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(value.shape)}): tracing and verification would "
+                             f"check nothing. Give at least one sample, e.g. torch.randn(1, 3, 224, 224)")
 
 
 def input_spec(example_inputs: Any) -> list:

@@ -22,7 +22,7 @@ import torch.nn.utils.prune  # noqa: F401  (check_model)
 from surgery.analysis import analyse
 from surgery.exporting import ExportError, export_graph
 from surgery.groups import ChannelGraph, build_groups
-from surgery.inputs import as_inputs, evaluating, input_spec, layer_names
+from surgery.inputs import as_inputs, check_not_empty, evaluating, input_spec, layer_names
 from surgery.rules.context import VALUE_KEY, RuleContext, TensorMeta
 from surgery.rules.registry import LEAF_FUNCTIONS, module_rule_for
 from surgery.ties import couple_shared_tensors
@@ -55,6 +55,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         12
     """
     check_model(model)
+    check_not_empty(example_inputs)
     check_attention(attention)
     ignored = layer_names(model, ignored_layers, "ignored_layers")
     gm, front = _capture(model, example_inputs, leaf_modules, check_tracer(tracer))

@@ -7,9 +7,12 @@ rows of raw parameters). Removing channels is exactly that, so the outputs must 
 to float tolerance. They run in float64 when the two copies fit in ``FLOAT64_LIMIT``
 bytes, else in the model's dtype with a looser tolerance.
 
-Normalisations over channels (LayerNorm, GroupNorm with one group, ``F.layer_norm``)
-see the removed channels in the original, so a group that reaches one cannot be checked
-exactly: then only output shapes are checked and :class:`Verification` lists the groups.
+Each output is compared on its own scale. Normalisations over channels (LayerNorm,
+GroupNorm with one group, ``F.layer_norm``) see the removed channels in the original, so an
+output that such a norm feeds cannot be checked exactly: its shape is checked, every other
+output is compared, and :class:`Verification` lists the norms. When a module's code reads
+``self.training``, the model is compared in train mode too (:mod:`surgery.train_check`).
+Empty example inputs are refused: they would compare nothing.
 """
 from __future__ import annotations
 
@@ -26,10 +29,12 @@ import torch.nn as nn
 
 from surgery.groups import ChannelGraph, Group, Kind
 from surgery.handlers import Handler, handler_for
-from surgery.inputs import as_inputs, evaluating, flat_tensors, run_eval
+from surgery.inputs import as_inputs, check_not_empty, flat_tensors, run_eval
+from surgery.reach import downstream, reached_outputs
 from surgery.rewrite import keep_indices, rewrite
 from surgery.transaction import transaction
-from surgery.rules.context import VALUE_KEY
+from surgery.rules.context import VALUE_KEY, TensorMeta
+from surgery.train_check import branches_on_training, train_forward
 
 __all__ = ["VerificationError", "Verification", "masked_reference", "verify", "checked_rewrite",
            "check_output_shapes", "FLOAT64_LIMIT"]
@@ -45,25 +50,54 @@ class VerificationError(RuntimeError):
 
 @dataclass
 class Verification:
-    """What verification checked: ``exact`` (outputs compared with the masked reference, to
-    ``max_error``, relative to the output scale, in ``dtype``) or only shapes, with the
-    groups that cross a normalisation over channels in ``unchecked``."""
+    """What verification checked: ``exact`` (every output compared with the masked reference,
+    to ``max_error`` relative to each output's scale, in ``dtype``); otherwise ``max_error``
+    covers the outputs in ``compared`` (None: only shapes were checked) and ``unchecked``
+    says why the rest were not. ``train`` says what was checked in train mode."""
     exact: bool
     max_error: float | None = None
     dtype: str = ""
     unchecked: list = field(default_factory=list)
+    compared: str = ""
+    train: str = ""
 
     def __str__(self) -> str:
+        train = f"; {self.train}" if self.train else ""
         if self.exact:
-            return f"verified: pruned == masked original (max relative error {self.max_error:.2e}, {self.dtype})"
-        return "output shapes verified; outputs not compared: " + "; ".join(self.unchecked)
+            return (f"verified: pruned == masked original (max relative error {self.max_error:.2e}, "
+                    f"{self.dtype}){train}")
+        if self.max_error is not None:
+            return (f"partly verified: {self.compared} equal the masked original (max relative error "
+                    f"{self.max_error:.2e}, {self.dtype}); the others' shapes only: "
+                    + "; ".join(self.unchecked) + train)
+        return "output shapes verified; outputs not compared: " + "; ".join(self.unchecked) + train
 
 
 def crossed_norms(graph: ChannelGraph, removed: np.ndarray) -> list:
     """Descriptions of channel normalisations that see removed channels."""
+    return [what for what, _ in _crossed(graph, removed)]
+
+
+def _crossed(graph: ChannelGraph, removed: np.ndarray) -> list:
+    """(description, node name) of each channel normalisation that sees removed channels."""
     gone = np.zeros(len(graph.roots), dtype=bool)
     gone[np.asarray(removed, dtype=np.int64)] = True
-    return [what for what, vars_ in graph.norms if gone[graph.roots[vars_]].any()]
+    return [(what, node) for what, vars_, node in graph.norms if gone[graph.roots[vars_]].any()]
+
+
+def inexact_outputs(graph: ChannelGraph, removed: np.ndarray) -> list:
+    """For each tensor of the traced output (flattened), whether a crossed norm feeds it."""
+    nodes = {node for _, node in _crossed(graph, removed)}
+    return reached_outputs(graph.gm, nodes, _tensor_count) if nodes else \
+        [False] * len(reached_outputs(graph.gm, set(), _tensor_count))
+
+
+def _tensor_count(node: fx.Node) -> int:
+    def count(v) -> int:
+        if isinstance(v, (TensorMeta, torch.Tensor)):
+            return 1
+        return sum(count(x) for x in v) if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size) else 0
+    return count(node.meta.get(VALUE_KEY))
 
 
 def masked_reference(model: nn.Module, graph: ChannelGraph, removed: np.ndarray,
@@ -105,23 +139,88 @@ def reference_dtype(model: nn.Module) -> torch.dtype:
 
 def verify(reference: nn.Module, pruned: nn.Module, graph: ChannelGraph, removed: np.ndarray,
            example_inputs: Any) -> Verification:
-    """Compare ``pruned`` with the masked ``reference`` on the example inputs; raise
-    :class:`VerificationError` naming the first diverging layer on a mismatch."""
-    norms = crossed_norms(graph, removed)
-    if norms:
-        check_output_shapes(graph, pruned, example_inputs)
-        return Verification(exact=False, unchecked=norms)
+    """Compare ``pruned`` with the masked ``reference`` on the example inputs, each output on
+    its own scale (outputs fed by a crossed norm: shapes only), in eval mode and, when the
+    model's code reads ``self.training``, in train mode too; raise :class:`VerificationError`
+    naming the first diverging layer on a mismatch."""
+    check_not_empty(example_inputs)
+    crossed = _crossed(graph, removed)
     dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()), torch.float32)
     inputs = _cast(example_inputs, dtype)
+    tol = _TOL.get(dtype, 5e-2)
     with cast_temporarily(pruned, dtype):
-        out = run_eval(pruned, inputs)
-        error = _relative_error(run_eval(reference, inputs), out)
-        tol = _TOL.get(dtype, 5e-2)
+        ref_out, out = flat_tensors(run_eval(reference, inputs)), flat_tensors(run_eval(pruned, inputs))
+        inexact = inexact_outputs(graph, removed)
+        if len(inexact) != len(ref_out):  # the model ran another branch than the one traced
+            inexact = [bool(crossed)] * len(ref_out)
+        compare = [i for i, bad in enumerate(inexact) if not bad]
+        _check_something_compared(ref_out, compare)
+        error = _relative_error(ref_out, out, compare)
         if not error <= tol:
             check_output_shapes(graph, pruned, inputs)  # a shape change gets its own message
-            where = first_divergence(reference, pruned, inputs, tol, keep_indices(graph, removed))
+            skip = _modules_after(graph, crossed)
+            where = first_divergence(reference, pruned, inputs, tol, keep_indices(graph, removed), skip)
             raise VerificationError(_message(error, tol, dtype, where, graph, removed) + _mask_hint(reference, where))
-    return Verification(exact=True, max_error=error, dtype=str(dtype).replace("torch.", ""))
+        if type(pruned) is type(reference):
+            train = _train_mode(reference, pruned, inputs, tol, compare=not crossed)
+        else:  # a patched GraphModule: its forward keeps the branches of `self.training` that were traced
+            train = _train_mode(None, pruned, inputs, tol, compare=False)
+            train += " (a GraphModule: `if self.training` branches as traced)" if train else ""
+    kind = str(dtype).replace("torch.", "")
+    if len(compare) == len(ref_out):
+        return Verification(exact=True, max_error=error, dtype=kind, train=train)
+    unchecked = [what for what, _ in crossed]
+    if not compare:
+        return Verification(exact=False, unchecked=unchecked, train=train)
+    return Verification(exact=False, max_error=error, dtype=kind, unchecked=unchecked,
+                        compared=f"outputs {compare} of {len(ref_out)}", train=train)
+
+
+def _check_something_compared(ref_out: list, compare: list) -> None:
+    if compare and not any(ref_out[i].numel() for i in compare):
+        raise VerificationError("the model's outputs on example_inputs are empty, so verification would "
+                                "compare nothing; the model was left as it was. Give example inputs with at "
+                                "least one sample that yields output")
+
+
+def _modules_after(graph: ChannelGraph, crossed: list) -> set:
+    """Layers a crossed norm feeds: they differ by design, never the ones to blame."""
+    reached = downstream(graph.gm, {node for _, node in crossed}) if crossed else set()
+    return {n.target for n in graph.gm.graph.nodes if n.op == "call_module" and n.name in reached}
+
+
+def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol: float, compare: bool) -> str:
+    """Train-mode check for models whose code reads ``self.training``: the pruned model must
+    run and (``compare``, with a ``reference``) equal the masked reference; '' when not needed."""
+    if not branches_on_training(reference if reference is not None else pruned):
+        return ""
+    ref_out = None
+    if reference is not None:
+        try:
+            with train_forward(reference) as run:
+                ref_out = flat_tensors(run(inputs))
+        except Exception as err:
+            return f"train mode not checked (the original fails in train mode on the example inputs: " \
+                   f"{type(err).__name__})"
+    try:
+        with train_forward(pruned) as run:
+            out = flat_tensors(run(inputs))
+    except Exception as err:
+        raise VerificationError(
+            f"in train mode (the model's code reads self.training) the pruned model fails on the example inputs "
+            f"({type(err).__name__}: {err}); the model was left as it was. A branch taken only in training "
+            f"uses layers the trace did not see: trace the model in train mode (model.train()), or keep "
+            f"those layers with ignored_layers") from err
+    if ref_out is None:
+        return "train mode: runs"
+    error = _relative_error(ref_out, out, list(range(len(ref_out))) if compare else [])
+    if not error <= tol:
+        raise VerificationError(
+            f"in train mode (the model's code reads self.training) the pruned model differs from the original "
+            f"with the removed channels masked by {error:.3g} (relative; tolerance {tol:g}); the model was left "
+            f"as it was. A branch taken only in training uses channels the trace did not see: trace the model "
+            f"in train mode (model.train()), or keep those layers with ignored_layers")
+    return "train mode compared too" if compare else "train mode: shapes"
 
 
 @contextlib.contextmanager
@@ -145,25 +244,32 @@ def _cast(example_inputs: Any, dtype: torch.dtype) -> Any:
     return {k: cast(v) for k, v in kwargs.items()} if kwargs else tuple(cast(a) for a in args)
 
 
-def _relative_error(a: Any, b: Any) -> float:
-    xs, ys = flat_tensors(a), flat_tensors(b)
+def _relative_error(xs: list, ys: list, compare: list) -> float:
+    """Largest difference of the outputs in ``compare``, each relative to its own largest
+    value; inf when the outputs' number, shapes, NaNs or integer values differ."""
     if len(xs) != len(ys) or any(x.shape != y.shape for x, y in zip(xs, ys)):
         return float("inf")
-    floats = [(x, y) for x, y in zip(xs, ys) if x.is_floating_point()]
-    if any(not torch.equal(x, y) for x, y in zip(xs, ys) if not x.is_floating_point()):
-        return float("inf")
-    if not floats:
-        return 0.0
-    scale = max(float(x.abs().max()) for x, _ in floats if x.numel()) if any(x.numel() for x, _ in floats) else 1.0
-    diff = max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in floats)
-    if any(bool(torch.isnan(x).ne(torch.isnan(y)).any()) for x, y in floats):
-        return float("inf")
-    return diff / (scale or 1.0)
+    error = 0.0
+    for i in compare:
+        x, y = xs[i], ys[i]
+        if not x.is_floating_point():
+            if not torch.equal(x, y):
+                return float("inf")
+            continue
+        if not x.numel():
+            continue
+        if bool(torch.isnan(x).ne(torch.isnan(y)).any()):
+            return float("inf")
+        x, y = torch.nan_to_num(x, nan=0.0), torch.nan_to_num(y, nan=0.0)
+        scale = float(x.abs().max()) or 1.0
+        error = max(error, float((x - y).abs().max()) / scale)
+    return error
 
 
 def first_divergence(reference: nn.Module, pruned: nn.Module, inputs: Any, tol: float,
-                     keeps: dict | None = None) -> str | None:
-    """The first module (in execution order) whose output differs on the channels it kept."""
+                     keeps: dict | None = None, skip: set = frozenset()) -> str | None:
+    """The first module (in execution order, not in ``skip``) whose output differs on the
+    channels it kept."""
     seen: list = []
 
     def recorder(store: dict, name: str):
@@ -186,7 +292,7 @@ def first_divergence(reference: nn.Module, pruned: nn.Module, inputs: Any, tol: 
         for h in handles:
             h.remove()
     for name in seen:
-        if name in new_out and _diverges(ref_out[name], new_out[name], (keeps or {}).get((name, "out")), tol):
+        if name in new_out and name not in skip and _diverges(ref_out[name], new_out[name], (keeps or {}).get((name, "out")), tol):
             return name
     return None
 
@@ -282,14 +388,15 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
     """Rewrite, then verify (exactly, or shapes only with ``verify_exact=False``); all or
     nothing: with ``inplace`` the model is restored on any error, and without it the
     user's model is never touched."""
+    check_not_empty(example_inputs)
     norms = crossed_norms(graph, removed)
     warn_norms(norms)
     reference = None
-    if verify_exact and len(removed) and not norms:
+    if verify_exact and len(removed) and not all(inexact_outputs(graph, removed) or [True]):
         reference = masked_reference(model, graph, removed, reference_dtype(model))
     skipped = ["nothing was removed"] if not len(removed) else \
-        [f"not exact by design, a normalisation over channels sees removed ones: {n}" for n in norms] or \
-        ["verify=False"]
+        [f"not exact by design, a normalisation over channels sees removed ones: {n}" for n in norms] \
+        if verify_exact else ["verify=False"]
     with transaction(model) if inplace else contextlib.nullcontext():
         new = rewrite(model, graph, removed, inplace=inplace)
         try:
@@ -297,7 +404,8 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
                 result = verify(reference, new, graph, removed, example_inputs)
             else:
                 check_output_shapes(graph, new, example_inputs)
-                result = Verification(exact=False, unchecked=skipped)
+                train = _train_mode(None, new, example_inputs, 0.0, False) if verify_exact and len(removed) else ""
+                result = Verification(exact=False, unchecked=skipped, train=train)
         except VerificationError:
             raise
         except Exception as err:  # the rewritten model does not even run

@@ -93,3 +93,105 @@ def test_a_failed_load_into_a_model_leaves_its_weights(tmp_path):
     with pytest.raises(ValueError, match="2.weight"):
         surgery.load(tmp_path / "bad.pt", model=victim)
     assert _equal_state(before, _state(victim)) and victim[0][0].out_channels == 8
+
+
+# --------------------------------------------------------------------------- verification covers every output
+class TwoHeads(nn.Module):
+    """Two outputs: a conv head and a head through LayerNorm over the same channels."""
+
+    def __init__(self, scale_b=1.0, norm=True):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.a = nn.Conv2d(8, 4, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+        self.norm = nn.GroupNorm(1, 8) if norm else nn.Identity()
+        self.scale_b = scale_b
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.a(h), self.b(self.norm(h)) * self.scale_b
+
+
+def _tampered(model, x):
+    """(reference, pruned, graph, removed) with the pruned first head off by 1% of its scale."""
+    from surgery.rewrite import rewrite
+    from surgery.verify import masked_reference
+    from surgery.selection import select_units
+    graph = surgery.trace(model, x)
+    group = next(g for g in graph.groups if g.prunable and g.size == 8)
+    removed = select_units(graph, group, surgery.criteria.get("l1"), 4)
+    reference = masked_reference(model, graph, removed, torch.float64)
+    pruned = rewrite(model, graph, removed)
+    with torch.no_grad():
+        scale = float(pruned.double()(x.double())[0].abs().max())
+        pruned.a.bias += 0.01 * scale
+    return reference, pruned.float(), graph, removed
+
+
+def test_a_large_second_output_does_not_hide_a_wrong_first_one():
+    from surgery.verify import VerificationError, verify
+    model = TwoHeads(scale_b=1e6, norm=False).eval()
+    with pytest.raises(VerificationError, match="'a'"):
+        verify(*_tampered(model, X), X)
+
+
+def test_outputs_a_layernorm_does_not_feed_are_still_compared():
+    from surgery.verify import VerificationError, verify
+    model = TwoHeads().eval()
+    with pytest.raises(VerificationError, match="'a'"):
+        verify(*_tampered(model, X), X)
+    with pytest.warns(UserWarning, match="normalisations over channels"):
+        pruned = surgery.prune(model, X, ratio=0.5)
+    v = pruned.surgery_verification
+    assert not v.exact and v.max_error is not None and v.max_error < 1e-6
+    assert v.compared == "outputs [0] of 2" and "GroupNorm" in " ".join(v.unchecked)
+    assert str(v).startswith("partly verified")
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 3, 0, 8)])
+def test_empty_example_inputs_are_refused(shape):
+    with pytest.raises(ValueError, match=r"example_inputs\[0\] is empty"):
+        surgery.prune(_small(), torch.randn(*shape), ratio=0.5)
+    with pytest.raises(ValueError, match="empty"):
+        surgery.Surgeon(_small(), {"input": torch.randn(*shape)})
+
+
+# --------------------------------------------------------------------------- code under `if self.training:`
+class TrainOnlyHead(nn.Module):
+    """An auxiliary head that runs only in training (GoogLeNet-style), or a slice taken only
+    in training: neither is in a graph traced in eval mode."""
+
+    def __init__(self, kind="aux"):
+        super().__init__()
+        self.kind = kind
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, 4, 1)
+        self.aux = nn.Conv2d(8, 4, 1)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = self.stem(x)
+        out = self.head(self.drop(h))
+        if self.training and self.kind == "aux":
+            return out, self.aux(h)
+        if self.training:
+            return out + h[:, :4].sum(1, keepdim=True)
+        return out
+
+
+def test_a_branch_taken_only_in_training_is_checked():
+    for kind in ("aux", "slice"):
+        model = TrainOnlyHead(kind).eval()
+        before = _state(model)
+        with pytest.raises(surgery.VerificationError, match="train mode"):
+            surgery.prune(model, X, ratio=0.5, inplace=True)
+        assert _equal_state(before, _state(model)) and model.stem[0].out_channels == 8
+
+
+def test_traced_in_train_mode_the_training_branch_prunes_and_verifies_in_both_modes():
+    model = TrainOnlyHead("aux").train()
+    pruned = surgery.prune(model, X, ratio=0.5)
+    assert pruned.aux.in_channels == 4 and pruned.surgery_verification.train == "train mode compared too"
+    bn = pruned.stem[1]  # verification ran it in train mode: no running statistic moved
+    assert torch.equal(bn.running_mean, torch.zeros(4)) and int(bn.num_batches_tracked) == 0
+    assert pruned.training and [t.shape[1] for t in pruned(X)] == [4, 4]

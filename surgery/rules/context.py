@@ -106,7 +106,7 @@ class RuleContext:
     vars: VarTable = field(default_factory=VarTable)
     slots: dict = field(default_factory=dict)   # (name, role) -> Slot
     patches: list = field(default_factory=list)
-    norms: list = field(default_factory=list)   # (description, vars): statistics over these channels
+    norms: list = field(default_factory=list)   # (description, vars, node name): statistics over these channels
     warnings: list = field(default_factory=list)
     node: fx.Node | None = None
     attention: str = "dims"                         # "dims" or "heads": how head splits are pruned
@@ -197,7 +197,7 @@ class RuleContext:
     def mark_norm(self, vars_: np.ndarray, what: str) -> None:
         """Record that an op normalises over these channels (LayerNorm, GroupNorm with one
         group): removing any of them changes the statistics, so the rewrite cannot be exact."""
-        self.norms.append((f"{what} (node '{self.node.name}')", np.asarray(vars_, dtype=np.int64)))
+        self.norms.append((f"{what} (node '{self.node.name}')", np.asarray(vars_, dtype=np.int64), self.node.name))
 
     def warn(self, message: str) -> None:
         self.warnings.append(f"node '{self.node.name}' ({_describe(self.node)}): {message}")
