@@ -25,14 +25,14 @@ _LAZY = {
     "Surgeon": "surgery.surgeon", "Plan": "surgery.plan", "apply_plan": "surgery.replay",
     "keep_classes": "surgery.layers",
     "load": "surgery.saving", "save": "surgery.saving", "Verification": "surgery.verify",
-    "VerificationError": "surgery.verify",
+    "VerificationError": "surgery.verify", "InPlaceError": "surgery.rewrite",
 }
 _SUBMODULES = ("extend", "layers", "metrics", "sparsity", "testing", "pipeline", "criteria", "models",
                "architectures")
 
 __all__ = ["trace", "prune", "Pruner", "PruneConfig", "Surgeon", "Plan", "apply_plan", "save", "load",
            "report", "Report", "keep_classes", "ChannelGraph", "Group", "Member", "TraceError", "ShapeError",
-           "VerificationError", "Verification"]
+           "VerificationError", "Verification", "InPlaceError"]
 
 # old top-level names -> (module, attribute); kept for one release with a DeprecationWarning
 _DEPRECATED = {

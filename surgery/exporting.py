@@ -12,6 +12,7 @@ the user's own modules: the pruned model keeps its class and methods.
 """
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch.nn as nn
 from surgery.inputs import as_inputs, evaluating, flat_tensors
 from surgery.rules.context import VALUE_KEY, TensorMeta
 from surgery.rules.registry import module_rule_for
+from surgery.transaction import untouched
 
 __all__ = ["export_graph", "ExportError"]
 
@@ -44,14 +46,17 @@ class _Outputs(nn.Module):
         return tuple(flat_tensors(self.m(*args, **kwargs)))
 
 
-def export_graph(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
-    """``torch.export`` the model (eval mode, no grad) and return the analysable graph."""
+def export_graph(model: nn.Module, example_inputs: Any, leaf_paths: set = frozenset()) -> fx.GraphModule:
+    """``torch.export`` the model (eval mode, no grad) and return the analysable graph; the
+    submodules named in ``leaf_paths`` become black boxes (one ``call_module`` node each).
+    Whatever the forward assigns to the model's attributes while being exported (fake tensors)
+    is undone."""
     args, kwargs = as_inputs(example_inputs)
     kwargs = dict(kwargs)
     if "use_cache" in _parameters(model) and "use_cache" not in kwargs:
         kwargs["use_cache"] = False  # a key/value cache is state, not a channel: leave it out
     try:
-        with evaluating(model), torch.no_grad(), warnings.catch_warnings():
+        with untouched(model), evaluating(model), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.export(_Outputs(model), tuple(args), kwargs, strict=False)
     except Exception as err:
@@ -59,7 +64,7 @@ def export_graph(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
                           f"{str(err).splitlines()[0] if str(err) else ''}\nFix: make the forward exportable "
                           f"(see torch.export's message above), or trace with tracer='fx' and leaf_modules="
                           f"[...] for the parts fx cannot trace.") from err
-    return _rebuilt(model, program)
+    return _rebuilt(model, program, leaf_paths)
 
 
 def _parameters(model: nn.Module) -> set:
@@ -70,7 +75,7 @@ def _parameters(model: nn.Module) -> set:
         return set()
 
 
-def _rebuilt(model: nn.Module, program) -> fx.GraphModule:
+def _rebuilt(model: nn.Module, program, leaf_paths: set = frozenset()) -> fx.GraphModule:
     sig = program.graph_signature
     lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
@@ -89,6 +94,7 @@ def _rebuilt(model: nn.Module, program) -> fx.GraphModule:
         env[node].meta = _meta(node.meta)
         if node.op == "get_attr" or (node.op == "placeholder" and node.name in lifted):
             env[node].meta[VALUE_KEY] = _summary(_value_of(attrs, env[node].target, node))
+    _collapse_leaves(graph, model, attrs, leaf_paths)
     _collapse_layers(graph, model, attrs)
     for node in [n for n in graph.nodes if n.op == "get_attr" and not n.users]:
         graph.erase_node(node)  # a collapsed layer's own weights, unused buffers
@@ -191,5 +197,62 @@ def _collapse(graph: fx.Graph, path: str, nodes: list, is_own) -> None:
         call = graph.call_module(path, (outer[0],))
     call.meta = dict(results[0].meta)
     results[0].replace_all_uses_with(call)
+    for n in reversed(nodes):
+        graph.erase_node(n)
+
+
+# --------------------------------------------------------------------------- leaf modules
+def _leaf_call(node: fx.Node, leaf_paths: set) -> tuple | None:
+    """(path, call key) of the outermost leaf module whose forward holds this node."""
+    for key, (path, _) in (node.meta.get("nn_module_stack") or {}).items():
+        if path in leaf_paths:
+            return path, key
+    return None
+
+
+def _collapse_leaves(graph: fx.Graph, model: nn.Module, attrs: dict, leaf_paths: set) -> None:
+    """Each call of a leaf module becomes one ``call_module`` node that takes every tensor the
+    call reads from outside and yields a tuple of what it gives back: no rule looks inside,
+    so the channels at its border are frozen (unless its type has a channel rule)."""
+    if not leaf_paths:
+        return
+    runs, current = [], None
+    for node in graph.nodes:
+        call = _leaf_call(node, leaf_paths) if node.op == "call_function" else None
+        if call is not None and current is not None and current[0] == call:
+            current[1].append(node)
+        else:
+            current = (call, [node]) if call is not None else None
+            if current is not None:
+                runs.append(current)
+    for (path, _), nodes in runs:
+        module = model.get_submodule(path)
+        own = {id(t) for t in list(module.parameters()) + list(module.buffers())}
+        is_own = (lambda a, own=own: a.op == "get_attr" and id(attrs.get(a.target)) in own)
+        if module_rule_for(module) is not None:
+            _collapse(graph, path, nodes, is_own)
+        else:
+            _black_box(graph, path, nodes, is_own)
+
+
+def _black_box(graph: fx.Graph, path: str, nodes: list, is_own) -> None:
+    inside = set(nodes)
+    outer = []
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a not in inside and not is_own(a) and a not in outer:
+                outer.append(a)
+    results = [n for n in nodes if any(u not in inside for u in n.users)]
+    with graph.inserting_after(nodes[-1]):
+        call = graph.call_module(path, tuple(outer))
+    call.meta = {k: v for k, v in nodes[-1].meta.items() if k == "nn_module_stack"}
+    call.meta[VALUE_KEY] = [r.meta.get(VALUE_KEY) for r in results]
+    anchor = call
+    for i, r in enumerate(results):
+        with graph.inserting_after(anchor):
+            item = graph.call_function(operator.getitem, (call, i))
+        item.meta = dict(r.meta)
+        r.replace_all_uses_with(item)
+        anchor = item
     for n in reversed(nodes):
         graph.erase_node(n)

@@ -111,6 +111,7 @@ class Pruner:
         self._ignored = list(self.config.ignored_layers)
         self.model = model
         self._owned = self.config.inplace  # after the first rewrite the Pruner owns its copy
+        self._callers = model  # edited in place only as itself (never swapped for a GraphModule)
         self.step_index = 0
         self.plans: list = []
         self.verification: Verification | None = None  # what the last step's check covered
@@ -140,7 +141,8 @@ class Pruner:
         units = self._choose(graph, self.step_index + 1)
         plan = plan_from_units(graph, units, self.model)
         new, self.verification = checked_rewrite(self.model, graph, units, self.example_inputs,
-                                                 inplace=self._owned, verify_exact=self.config.verify)
+                                                 inplace=self._owned, verify_exact=self.config.verify,
+                                                 new_object_ok=self.model is not self._callers)
         self.model, self._owned = record(new, self.model, plan), True
         self.plans.append(plan)
         self.step_index += 1

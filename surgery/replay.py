@@ -29,6 +29,13 @@ def apply_plan(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any
         >>> again.conv1.out_channels
         8
     """
+    return replay(model, plan, example_inputs=example_inputs, inplace=inplace, verify=verify)
+
+
+def replay(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any = None, inplace: bool = False,
+           verify: bool = True, new_object_ok: bool = False) -> nn.Module:
+    """:func:`apply_plan`; with ``inplace`` and ``new_object_ok`` (the caller owns ``model``) the
+    result may be a new GraphModule instead of :class:`surgery.rewrite.InPlaceError`."""
     if isinstance(plan, str):
         plan = Plan.from_json(plan)
     elif isinstance(plan, dict):
@@ -41,7 +48,8 @@ def apply_plan(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any
     units = units_from_plan(graph, plan)
     with warnings.catch_warnings():  # advice on how to save does not apply to a model being loaded
         warnings.filterwarnings("ignore", message=".*save with surgery.save")
-        new, _ = checked_rewrite(model, graph, units, inputs, inplace=inplace, verify_exact=verify)
+        new, _ = checked_rewrite(model, graph, units, inputs, inplace=inplace, verify_exact=verify,
+                                 new_object_ok=new_object_ok)
     return record(new, model, plan)
 
 

@@ -1,8 +1,12 @@
 """Apply a removal (a set of channel units) to a model: rebuild layers, patch literals."""
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
+import functools
+import inspect
+import textwrap
 import warnings
 from collections import defaultdict
 
@@ -12,13 +16,20 @@ import torch.fx as fx
 import torch.nn as nn
 
 from surgery.groups import ChannelGraph, Kind
+from surgery.rules.context import AXES_KEY
 from surgery.handlers import PerChannelHandler, handler_for, replace_param
 from surgery.model_config import follow_config
 from surgery.inputs import evaluating, flat_tensors, as_inputs
 from surgery.ties import shared_owners
 from surgery.transaction import transaction
 
-__all__ = ["rewrite", "set_submodule", "keep_indices"]
+__all__ = ["rewrite", "set_submodule", "keep_indices", "InPlaceError"]
+
+
+class InPlaceError(ValueError):
+    """The model cannot be pruned in place: its forward holds a literal size that pruning
+    changes, so the pruned model is a new ``torch.fx.GraphModule``, not the caller's object.
+    The model was left as it was."""
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module, names: dict | None = None) -> None:
@@ -55,13 +66,16 @@ def keep_indices(graph: ChannelGraph, removed: np.ndarray) -> dict:
     return out
 
 
-def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inplace: bool = False) -> nn.Module:
+def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inplace: bool = False,
+            new_object_ok: bool = False) -> nn.Module:
     """Return ``model`` with the ``removed`` units (variable roots) physically gone.
 
     The original class is kept unless a literal in traced code (a reshape to a stored
     size, a split size) had to change: then the patched ``torch.fx.GraphModule`` is
     returned, with a warning that says so. With ``inplace=True`` the model is edited
-    in place, all or nothing: on any error it is restored as it was.
+    in place, all or nothing: on any error it is restored as it was; the result is then
+    the model object itself, or :class:`InPlaceError` is raised when it would have to be
+    a GraphModule (``new_object_ok=True``: the caller owns the model and takes either).
     """
     keeps = keep_indices(graph, removed)
     kinds = {(s.name, s.role): s.kind for s in graph.slots}
@@ -72,13 +86,28 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
         before = _int_attributes(target)  # every follow compares with the values before any edit
         _follow_head_counts(target, graph, removed, before)
         changed = _patched_graph(graph, removed)
-        if changed is None:
+        if changed is not None:
+            export = getattr(graph, "front", "fx") == "export"  # then the user's forward runs as is (verified)
+            _follow_attributes(target, changed[1], before, _names_a_size if export else (lambda attr: True))
+        _follow_widths(target, graph, removed, before)
+        if changed is None or getattr(graph, "front", "fx") == "export":
             return target
-        if getattr(graph, "front", "fx") == "export":  # the user's forward runs as is (verified)
-            _follow_attributes(target, changed[1], before, _names_a_size)
-            return target
-        _follow_attributes(target, changed[1], before)
-        return _graph_module(model, target, changed[0], graph)
+        result = _graph_module(model, target, changed[0], graph, warn=not inplace or new_object_ok)
+        if inplace and not new_object_ok and result is not target:
+            raise InPlaceError(_in_place_message(model, graph, removed))
+        return result
+
+
+def _in_place_message(model: nn.Module, graph: ChannelGraph, removed: np.ndarray) -> str:
+    gone = np.zeros(len(graph.roots), dtype=bool)
+    gone[np.asarray(removed, dtype=np.int64)] = True
+    where = [f"node '{p.node}' ({len(p.vars)} -> {int((~gone[graph.roots[p.vars]]).sum())})"
+             for p in graph.patches if gone[graph.roots[p.vars]].any()][:3]
+    what = ", ".join(where) or "a swapped function"
+    return (f"{type(model).__name__}'s forward holds literal sizes that this pruning changes ({what}), so the "
+            f"pruned model is a new torch.fx.GraphModule and your object cannot be edited in place; it was left "
+            f"as it was. Use inplace=False (surgery.prune, apply_plan) and keep the returned model, or compute "
+            f"those sizes from the tensor in the forward (x.flatten(1), x.shape[1])")
 
 
 def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
@@ -115,15 +144,17 @@ def _retie(root: nn.Module, ties: list) -> None:
             (module._parameters if attr in module._parameters else module._buffers)[attr] = first
 
 
-def _graph_module(model: nn.Module, target: nn.Module, changed, graph: ChannelGraph) -> nn.Module:
+def _graph_module(model: nn.Module, target: nn.Module, changed, graph: ChannelGraph, warn: bool = True) -> nn.Module:
     """The patched GraphModule, unless the original class's forward still works and agrees."""
     gm = fx.GraphModule(target, changed, type(model).__name__ + "Pruned")
     if _same_outputs(target, gm, getattr(graph, "example_inputs", None)):
         return target
-    warnings.warn(
-        f"pruning changed literal sizes in {type(model).__name__}'s forward (reshape/split "
-        f"constants); returning a torch.fx.GraphModule with those constants patched instead "
-        f"of the original class, whose forward would still use the old sizes.", stacklevel=3)
+    if warn:
+        warnings.warn(
+            f"pruning changed literal sizes in {type(model).__name__}'s forward (reshape/split "
+            f"constants); returning a torch.fx.GraphModule with those constants patched instead "
+            f"of the original class, whose forward would still use the old sizes. Its forward keeps the "
+            f"branches on self.training taken when it was traced.", stacklevel=3)
     return gm
 
 
@@ -260,6 +291,89 @@ def _follow_head_counts(target: nn.Module, graph: ChannelGraph, removed: np.ndar
         if kept != len(vars_):
             edits.append((_owner(graph.gm.graph, name), len(vars_), kept))
     _follow_attributes(target, edits, before, lambda attr: "head" in attr and "dim" not in attr and "size" not in attr)
+
+
+def _follow_widths(target: nn.Module, graph: ChannelGraph, removed: np.ndarray, before: dict) -> None:
+    """An int attribute that the module's class uses as a size (``split((self.c, self.c), 1)``,
+    ``view(b, self.c, -1)``, ``x[:, :self.c]``) and that equals a channel width its own
+    forward handles follows that width, when every dim of that size in the module's traced
+    forward changed to one new size: code the trace never ran (``C2f.forward_split``) keeps
+    working. When they changed differently (or some did not) it is left, with a warning.
+    Attributes never used as sizes (``layer_idx``) are never touched."""
+    gone = np.zeros(len(graph.roots), dtype=bool)
+    gone[np.asarray(removed, dtype=np.int64)] = True
+    sizes: dict = defaultdict(lambda: defaultdict(set))  # owner -> old width -> new widths
+    for node in graph.gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        owner = list(stack.values())[-1][0] if stack else ""
+        for vars_ in _axis_vars(node.meta.get(AXES_KEY)):
+            sizes[owner][len(vars_)].add(int((~gone[graph.roots[vars_]]).sum()))
+    unclear = []
+    for owner, widths in sizes.items():
+        try:
+            module = target.get_submodule(owner)
+        except AttributeError:
+            continue
+        if type(module).__module__.startswith(("torch.nn.", "torch.fx.")):
+            continue  # torch's layers: their handlers set their attributes
+        used_as_size = size_attributes(type(module))
+        for attr, value in list(vars(module).items()):
+            if attr not in used_as_size or type(value) is not int or before.get((owner, attr)) != value:
+                continue
+            news = widths.get(value)
+            if not news or news == {value}:
+                continue
+            if len(news) == 1:
+                setattr(module, attr, next(iter(news)))
+            else:
+                unclear.append(f"'{owner or type(module).__name__}'.{attr} = {value}")
+    if unclear:
+        warnings.warn(f"int attributes equal to channel widths that pruning changed in different ways were left "
+                      f"as they were: {', '.join(unclear[:5])}; if code the trace does not run (another method, "
+                      f"a branch) reads them, set them yourself", stacklevel=4)
+
+
+_SIZE_CALLS = {"split", "view", "reshape", "narrow", "unflatten", "expand", "tensor_split", "split_with_sizes",
+               "new_zeros", "new_ones", "new_empty", "new_full", "zeros", "ones", "empty", "full", "randn", "rand"}
+
+
+@functools.lru_cache(maxsize=None)
+def size_attributes(cls: type) -> frozenset:
+    """Names ``self.<name>`` that the class's code (any method, its bases outside torch) passes
+    to a size-taking call or uses as a slice bound."""
+    names: set = set()
+    for klass in cls.__mro__:
+        if klass is object or klass.__module__.startswith("torch."):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _callee(node.func) in _SIZE_CALLS:
+                for arg in list(node.args) + [k.value for k in node.keywords]:
+                    names |= _self_attributes(arg)
+            elif isinstance(node, ast.Slice):
+                names |= _self_attributes(node)
+    return frozenset(names)
+
+
+def _callee(func: ast.expr) -> str | None:
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+
+
+def _self_attributes(expr: ast.AST) -> set:
+    return {n.attr for n in ast.walk(expr)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"}
+
+
+def _axis_vars(axes) -> list:
+    """The channel-variable arrays of a node's axes annotation (a dict per tensor, nested)."""
+    if isinstance(axes, dict):
+        return [v for v in axes.values() if isinstance(v, np.ndarray)]
+    if isinstance(axes, (list, tuple)):
+        return [v for a in axes for v in _axis_vars(a)]
+    return []
 
 
 _SIZE_WORDS = ("dim", "size", "head", "group", "width", "features", "channels", "hidden", "embed", "rep")

@@ -7,6 +7,7 @@ from the stored spec), then loads the weights with ``torch.load(weights_only=Tru
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any
@@ -17,7 +18,8 @@ import torch.nn as nn
 from surgery.architectures import build_stored
 from surgery.history import history
 from surgery.plan import Plan
-from surgery.replay import apply_plan
+from surgery.replay import replay
+from surgery.rewrite import InPlaceError
 from surgery.transaction import transaction
 
 __all__ = ["save", "load"]
@@ -56,27 +58,37 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, example_inp
          map_location: Any = None, builders: dict | None = None) -> nn.Module:
     """Rebuild the pruned model saved at ``path``.
 
-    ``model`` is a fresh instance of the saved architecture (edited in place; its weights
-    are replaced); leave it out when the file was saved with ``architecture=`` and it is
+    ``model`` is a fresh instance of the saved architecture (edited in place and returned;
+    when a plan changes literal sizes of its forward, the result is a new GraphModule and
+    ``model`` is left as it was); leave it out when the file was saved with ``architecture=`` and it is
     built from that spec. No pickled code is executed, and no function the file names: a
     stored ``module:function`` spec is built only with the function you pass for it in
     ``builders`` (``{"my_pkg.nets:build": build}``); zoo, ``torchvision:`` and ``timm:``
     specs need nothing. On any error ``model`` is left exactly as it was, weights included."""
     data = _read(path, map_location)
-    if model is None:
+    built = model is None
+    if built:
         model = _build_saved(path, data, builders)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (a fresh instance of the saved architecture), "
                         f"got {type(model).__name__}")
-    with transaction(model):
-        for text in json.loads(data["history"]):
-            model = apply_plan(model, Plan.from_json(text), example_inputs=example_inputs, inplace=True)
-        _check_fits(model, data["state_dict"], path)  # before any copy: load_state_dict writes as it goes
-        try:
-            model.load_state_dict(data["state_dict"])
-        except RuntimeError as err:
-            raise ValueError(f"the weights in {path} do not fit this model after replaying its plans: "
-                             f"pass a fresh instance of the architecture that was saved ({err})") from None
+    plans = [Plan.from_json(text) for text in json.loads(data["history"])]
+    try:
+        with transaction(model):
+            return _replayed(model, plans, data, path, example_inputs, built)
+    except InPlaceError:  # a plan patches literal sizes: the result is a new GraphModule, `model` is untouched
+        return _replayed(copy.deepcopy(model), plans, data, path, example_inputs, True)
+
+
+def _replayed(model: nn.Module, plans: list, data: dict, path, example_inputs: Any, owned: bool) -> nn.Module:
+    for plan in plans:
+        model = replay(model, plan, example_inputs=example_inputs, inplace=True, new_object_ok=owned)
+    _check_fits(model, data["state_dict"], path)  # before any copy: load_state_dict writes as it goes
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"the weights in {path} do not fit this model after replaying its plans: "
+                         f"pass a fresh instance of the architecture that was saved ({err})") from None
     return model
 
 

@@ -14,8 +14,10 @@ from surgery.history import record
 from surgery.inputs import layer_name
 from surgery.plan import plan_from_units
 from surgery.pruner import calibrate
+from surgery.rewrite import InPlaceError
 from surgery.selection import n_remove, select_units, units_for_positions
 from surgery.tracing import check_attention, trace
+from surgery.transaction import transaction
 from surgery.verify import checked_rewrite
 
 __all__ = ["Surgeon"]
@@ -107,12 +109,19 @@ class Surgeon:
         return np.concatenate(units)
 
     def _apply(self, units: np.ndarray) -> None:
-        """Rewrite in place; on any error the model is restored exactly as it was."""
+        """Rewrite in place and trace the result; on any error (the trace of the pruned model
+        included) the model is restored exactly as it was."""
         plan = plan_from_units(self.graph, units, self.model)
-        new, self.verification = checked_rewrite(self.model, self.graph, units, self.example_inputs,
-                                                 inplace=True, verify_exact=self.verify)
-        self.model = record(new, self.model, plan)
-        self.graph = self._trace()
+        with transaction(self.model):
+            try:
+                new, verification = checked_rewrite(self.model, self.graph, units, self.example_inputs,
+                                                    inplace=True, verify_exact=self.verify)
+            except InPlaceError as err:
+                raise InPlaceError(f"{err}. Surgeon edits your object in place: prune this layer with "
+                                   f"surgery.prune(..., inplace=False) or a Pruner instead") from None
+            record(new, self.model, plan)
+            graph = self._trace()
+        self.graph, self.verification = graph, verification
 
 
 def _positions(indices: Sequence[int] | torch.Tensor) -> np.ndarray:

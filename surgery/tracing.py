@@ -21,6 +21,7 @@ import torch.nn.utils.prune  # noqa: F401  (check_model)
 
 from surgery.analysis import analyse
 from surgery.exporting import ExportError, export_graph
+from surgery.transaction import untouched
 from surgery.groups import ChannelGraph, build_groups
 from surgery.inputs import as_inputs, check_not_empty, evaluating, input_spec, layer_names
 from surgery.rules.context import VALUE_KEY, RuleContext, TensorMeta
@@ -111,7 +112,7 @@ def _capture(model: nn.Module, example_inputs: Any, leaf_modules: Iterable, trac
             propagate(gm, example_inputs)
             return gm, "fx"
     try:
-        return export_graph(model, example_inputs), "export"
+        return export_graph(model, example_inputs, _leaf_paths(leaf_modules, model)), "export"
     except ExportError as err:
         if tracer == "auto":
             raise TraceError(f"{fx_error}\n\ntorch.export failed too: {err}") from err
@@ -209,13 +210,24 @@ def _split_leaves(leaf_modules: Iterable, model: nn.Module) -> tuple[tuple, set]
     return tuple(types), names
 
 
+def _leaf_paths(leaf_modules: Iterable, model: nn.Module) -> set:
+    """Names of the submodules ``leaf_modules`` designates (by type, name or instance)."""
+    types, names = _split_leaves(leaf_modules, model)
+    unknown = sorted(n for n in names if n not in dict(model.named_modules()))
+    if unknown:
+        raise ValueError(f"leaf_modules names {unknown} that are not submodules of {type(model).__name__}")
+    return names | {n for n, m in model.named_modules() if n and types and isinstance(m, types)}
+
+
 def symbolic_trace(model: nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule:
-    """Trace ``model`` with torch.fx; raise :class:`TraceError` with a fix on failure."""
+    """Trace ``model`` with torch.fx; raise :class:`TraceError` with a fix on failure.
+    Attributes the forward assigns while traced (proxies) are undone."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     tracer = _Tracer(*_split_leaves(leaf_modules, model))
     try:
-        graph = tracer.trace(model)
+        with untouched(model):
+            graph = tracer.trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, RuntimeError, ...
         raise TraceError(_explain(model, tracer, err)) from err
     name = type(model).__name__

@@ -384,10 +384,12 @@ def warn_norms(norms: list) -> None:
 
 
 def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, example_inputs: Any, *,
-                    inplace: bool, verify_exact: bool = True) -> tuple[nn.Module, Verification]:
+                    inplace: bool, verify_exact: bool = True, new_object_ok: bool = False
+                    ) -> tuple[nn.Module, Verification]:
     """Rewrite, then verify (exactly, or shapes only with ``verify_exact=False``); all or
     nothing: with ``inplace`` the model is restored on any error, and without it the
-    user's model is never touched."""
+    user's model is never touched. ``inplace`` without ``new_object_ok`` returns the model
+    object itself or raises :class:`surgery.rewrite.InPlaceError`."""
     check_not_empty(example_inputs)
     norms = crossed_norms(graph, removed)
     warn_norms(norms)
@@ -398,7 +400,7 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
         [f"not exact by design, a normalisation over channels sees removed ones: {n}" for n in norms] \
         if verify_exact else ["verify=False"]
     with transaction(model) if inplace else contextlib.nullcontext():
-        new = rewrite(model, graph, removed, inplace=inplace)
+        new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok)
         try:
             if reference is not None:
                 result = verify(reference, new, graph, removed, example_inputs)

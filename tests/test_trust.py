@@ -4,6 +4,7 @@ configs that would hang or fail after training. Each test failed before its fix.
 from __future__ import annotations
 
 import os
+import warnings
 import subprocess
 import sys
 
@@ -195,3 +196,217 @@ def test_traced_in_train_mode_the_training_branch_prunes_and_verifies_in_both_mo
     bn = pruned.stem[1]  # verification ran it in train mode: no running statistic moved
     assert torch.equal(bn.running_mean, torch.zeros(4)) and int(bn.num_batches_tracked) == 0
     assert pruned.training and [t.shape[1] for t in pruned(X)] == [4, 4]
+
+
+# --------------------------------------------------------------------------- in place means this object
+class HardCodedFlatten(nn.Module):
+    """A forward with a literal size (512 = 8 channels x 8 x 8) that pruning must change."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(512, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).view(x.shape[0], 512))
+
+
+def test_in_place_pruning_that_needs_a_new_graph_module_is_refused_and_changes_nothing():
+    model = HardCodedFlatten().eval()
+    before = _state(model)
+    with pytest.raises(surgery.InPlaceError, match="inplace=False"):
+        surgery.prune(model, X, ratio=0.5, inplace=True)
+    assert _equal_state(before, _state(model)) and model(X).shape == (2, 4)
+    with pytest.warns(UserWarning, match="GraphModule"):
+        pruned = surgery.prune(model, X, ratio=0.5)
+    assert isinstance(pruned, torch.fx.GraphModule) and pruned.conv.out_channels == 4 and model.conv.out_channels == 8
+    surgeon = surgery.Surgeon(model, X)
+    with pytest.raises(surgery.InPlaceError, match="Surgeon edits your object"):
+        surgeon.prune_layer(model.conv, 0.5)
+    assert _equal_state(before, _state(model)) and model(X).shape == (2, 4)
+
+
+def test_load_into_a_model_whose_plan_patches_literals_returns_the_new_module(tmp_path):
+    with pytest.warns(UserWarning, match="GraphModule"):
+        pruned = surgery.prune(HardCodedFlatten().eval(), X, ratio=0.5)
+    surgery.save(pruned, tmp_path / "m.pt")
+    fresh = HardCodedFlatten().eval()
+    before = _state(fresh)
+    back = surgery.load(tmp_path / "m.pt", model=fresh)
+    assert torch.equal(back.eval()(X), pruned(X)) and _equal_state(before, _state(fresh))
+
+
+def test_surgeon_restores_the_layer_when_tracing_the_pruned_model_fails(monkeypatch):
+    model = _small().eval()
+    surgeon = surgery.Surgeon(model, X)
+    before = _state(model)
+
+    def broken_trace(*args, **kwargs):
+        raise RuntimeError("trace failed")
+    monkeypatch.setattr("surgery.surgeon.trace", broken_trace)
+    with pytest.raises(RuntimeError, match="trace failed"):
+        surgeon.prune_layer(model[0][0], 0.5)
+    assert _equal_state(before, _state(model)) and model[0][0].out_channels == 8
+    assert not getattr(model, "surgery_history", [])
+    monkeypatch.undo()
+    surgeon.prune_layer(model[0][0], 0.5)  # the Surgeon still holds the graph of the unpruned model
+    assert model[0][0].out_channels == 4 and len(model.surgery_history) == 1
+
+
+# --------------------------------------------------------------------------- configs checked before any epoch
+@pytest.mark.parametrize("override, match", [
+    ("finetune.temperature=0", "finetune.temperature"), ("train.lr=.nan", "train.lr"),
+    ("train.lr=.inf", "train.lr"), ("eval.batch_sizes=[0]", "eval.batch_sizes"), ("eval.batch_sizes=[]", "eval.batch_sizes"),
+    ("data.image_size=0", "data.image_size"), ("train.epochs=-1", "train.epochs"),
+    ("finetune.patience=-2", "finetune.patience"), ("finetune.alpha=1.5", "finetune.alpha"),
+    ("prune.criterion=l3", "prune.criterion"), ("prune.criterion_options={mode: nope}", "prune.criterion"),
+    ("prune.normalize=median", "normalize"), ("prune.iterative_steps=0", "iterative_steps"),
+    ("prune.attention=rows", "attention"), ("prune.tracer=jit", "tracer"), ("prune.skip_blocks=[-1,0]", "skip_blocks"),
+    ("prune.max_batches=0", "prune.max_batches"), ("eval.repeats=0", "eval.repeats")])
+def test_every_bad_value_is_refused_when_the_config_is_resolved(override, match):
+    from surgery.pipeline import ConfigError, resolve
+    with pytest.raises(ConfigError, match=match):
+        resolve(env={}, overrides=[override])
+
+
+def test_a_bad_prune_section_stops_the_run_before_training(tmp_path):
+    from surgery.pipeline import ConfigError, run
+    from surgery.pipeline.config import RunConfig
+    cfg = {"prune": {"criterion": "no-such-criterion"}, "out": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match="prune.criterion"):
+        run(cfg)
+    bad = RunConfig()
+    bad.train.lr = float("nan")  # a RunConfig built in Python is checked too
+    with pytest.raises(ConfigError, match="train.lr"):
+        run(bad)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    from surgery.pipeline import ConfigError, resolve
+    lines = ["model:", "  kwargs:", "    a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]  # free-form keys: no key check
+    lines += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="aliases expand"):
+        resolve(bomb, env={})
+    with pytest.raises(ConfigError, match="aliases expand"):
+        resolve(env={}, overrides=[f"model.kwargs={_bomb_flow(6)}"])
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("train: &t {epochs: 1, lr: 0.01}\nfinetune: *t\n")  # small aliases still work
+    assert resolve(ok, env={}).finetune.epochs == 1
+
+
+def _bomb_flow(levels):
+    """A one-line YAML alias bomb: 10**levels values."""
+    text = "&l0 [0,0,0,0,0,0,0,0,0,0]"
+    for i in range(1, levels + 1):
+        text = f"[{text}, " + ", ".join([f"*l{i - 1}"] * 9) + "]"
+        text = f"&l{i} " + text
+    return "{x: " + text + "}"
+
+
+# --------------------------------------------------------------------------- what tracing leaves behind
+class Detect(nn.Module):
+    """Stores anchors on itself in forward, as Ultralytics' Detect head does."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        self.anchors = torch.arange(x.shape[-1], dtype=x.dtype)  # under a tracer: a proxy or a fake tensor
+        self.shape = x.shape
+        return self.conv(x) + self.anchors
+
+
+class C2f(nn.Module):
+    """Ultralytics' C2f: ``forward`` chunks, ``forward_split`` (never traced) splits by ``self.c``."""
+
+    def __init__(self, c1, c2):
+        super().__init__()
+        self.c = c2 // 2
+        self.cv1 = nn.Sequential(nn.Conv2d(c1, 2 * self.c, 1), nn.BatchNorm2d(2 * self.c), nn.SiLU())
+        self.m = nn.Sequential(nn.Conv2d(self.c, self.c, 3, padding=1), nn.BatchNorm2d(self.c), nn.SiLU())
+        self.cv2 = nn.Conv2d(3 * self.c, c2, 1)
+
+    def forward(self, x):
+        a, b = self.cv1(x).chunk(2, 1)
+        y = [a, b]
+        y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+    def forward_split(self, x):
+        y = list(self.cv1(x).split((self.c, self.c), 1))
+        y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class Yolo(nn.Module):
+    def __init__(self, data_dependent=True):
+        super().__init__()
+        self.data_dependent = data_dependent
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU())
+        self.c2f = C2f(8, 16)
+        self.detect = Detect(16)
+
+    def forward(self, x):
+        if self.data_dependent and x.shape[-1] < 4:  # fx cannot trace this; torch.export can
+            raise ValueError("images must be at least 4 pixels wide")
+        return self.detect(self.c2f(self.stem(x)))
+
+
+@pytest.mark.parametrize("tracer", ["auto", "fx"])
+def test_tracing_leaves_no_proxy_or_fake_tensor_on_the_model(tracer):
+    model = Yolo(data_dependent=tracer == "auto").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = surgery.trace(model, X, tracer=tracer)
+    assert graph.front == ("export" if tracer == "auto" else "fx")
+    assert "anchors" not in vars(model.detect) and "shape" not in vars(model.detect)
+    assert model(X).shape == (2, 4, 8, 8)  # a fake tensor left on the model would fail here
+
+
+@pytest.mark.parametrize("tracer", ["auto", "fx"])
+def test_int_attributes_used_as_sizes_on_untraced_paths_follow(tracer):
+    model = Yolo(data_dependent=tracer == "auto").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = surgery.prune(model, X, ratio=0.5, tracer=tracer)
+    h = small.stem(X)
+    assert small.c2f.c == small.c2f.m[0].in_channels < 8
+    assert torch.allclose(small.c2f.forward_split(h), small.c2f(h))
+
+
+def test_leaf_modules_are_black_boxes_on_the_export_front_too():
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.a(x) * torch.sigmoid(self.b(x)), x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+            self.gate, self.mid, self.head = Gate(), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            if x.shape[-1] > 4:
+                x = self.stem(x)
+            y, z = self.gate(x)
+            return self.head(self.mid(y) + z)
+
+    model = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        free = surgery.prune(model, X, ratio=0.5)
+        boxed = surgery.prune(model, X, ratio=0.5, leaf_modules=[Gate])
+        by_name = surgery.prune(model, X, ratio=0.5, leaf_modules=["gate"])
+    assert free.gate.a.out_channels == 4 and free.surgery_history
+    for small in (boxed, by_name):  # everything touching the gate keeps its channels
+        assert (small.stem[0].out_channels, small.gate.a.out_channels, small.mid.out_channels) == (8, 8, 8)
+    with pytest.raises(ValueError, match="not submodules"):
+        surgery.trace(model, X, leaf_modules=["gaet"], tracer="export")

@@ -7,6 +7,11 @@ OmegaConf does the merging and type checks (a kept library: structured configs f
 dataclasses, YAML values in dotted overrides, type errors naming the full key); unknown keys
 are caught first so the error names the closest valid key.
 
+Every value is checked when the configuration is resolved, before any data is loaded or
+any epoch runs (the criterion name and its options, the whole prune section, learning
+rates, epochs, batch sizes...). YAML aliases that would expand past ``YAML_NODE_LIMIT``
+values (an "alias bomb") are refused.
+
 The budget keys ``prune.ratio``, ``prune.target_flops`` and ``prune.target_params`` exclude
 one another: the latest layer that sets one of them decides, and the others are cleared.
 With none set, the pipeline keeps half the FLOPs (``target_flops=0.5``).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
@@ -29,10 +35,12 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["RunConfig", "ConfigError", "resolve", "to_yaml", "PRESETS", "keys"]
+__all__ = ["RunConfig", "ConfigError", "resolve", "to_yaml", "PRESETS", "keys", "check_values", "prune_config",
+           "safe_yaml"]
 
 BUDGET_KEYS = ("ratio", "target_flops", "target_params")
 ENV_PREFIX = "SURGERY_"
+YAML_NODE_LIMIT = 100_000  # values in a YAML document once its aliases are expanded
 
 
 class ConfigError(ValueError):
@@ -164,8 +172,7 @@ def resolve(config_file: str | os.PathLike | dict | None = None, preset: str | N
         except OmegaConfBaseException as err:
             raise ConfigError(f"{where}: {_short(err)}") from None
     cfg = OmegaConf.to_object(merged)
-    _check_values(cfg)
-    return cfg
+    return check_values(cfg)
 
 
 def to_yaml(cfg: RunConfig) -> str:
@@ -176,7 +183,7 @@ def to_yaml(cfg: RunConfig) -> str:
 def _from_yaml(path: str | os.PathLike) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            data = safe_yaml(f.read(), f"config file {path}") or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
@@ -186,11 +193,47 @@ def _from_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def safe_yaml(text: str, where: str = "YAML") -> Any:
+    """``yaml.safe_load`` of ``text``, refusing documents whose aliases expand past
+    ``YAML_NODE_LIMIT`` values (counted on the composed node graph, before building anything).
+
+    Example:
+        >>> safe_yaml("[&x [1, 2], *x]")
+        [[1, 2], [1, 2]]
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    if node is not None and _expanded_size(node, {}) > YAML_NODE_LIMIT:
+        raise ConfigError(f"{where}: its YAML aliases expand to more than {YAML_NODE_LIMIT:,} values; "
+                          f"write the values out instead of nesting aliases")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+
+
+def _expanded_size(node: yaml.Node, memo: dict) -> int:
+    """Values under ``node`` with every alias expanded (a shared node counted each time)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = YAML_NODE_LIMIT + 1  # a node that contains itself expands forever
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, YAML_NODE_LIMIT + 1)
+    return memo[id(node)]
+
+
 def _from_dotted(text: str) -> dict:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like section.key=value (e.g. prune.ratio=0.4)")
-    return _nest(key.strip(), yaml.safe_load(value) if value.strip() else None)
+    return _nest(key.strip(), safe_yaml(value, f"override {text!r}") if value.strip() else None)
 
 
 def _from_env(env: Mapping[str, str]) -> list:
@@ -198,7 +241,7 @@ def _from_env(env: Mapping[str, str]) -> list:
     for name in sorted(env):
         if name.startswith(ENV_PREFIX):
             key = name[len(ENV_PREFIX):].lower().replace("__", ".")
-            layers.append((f"environment variable {name}", _nest(key, yaml.safe_load(env[name]))))
+            layers.append((f"environment variable {name}", _nest(key, safe_yaml(env[name], f"environment variable {name}"))))
     return layers
 
 
@@ -244,7 +287,9 @@ def _short(err: OmegaConfBaseException) -> str:
     return str(err).split("\n")[0] + (f" (key {err.full_key})" if getattr(err, "full_key", None) else "")
 
 
-def _check_values(cfg: RunConfig) -> None:
+def check_values(cfg: RunConfig) -> RunConfig:
+    """Refuse, naming the key, any value the run would fail on or silently misuse; all of
+    it before the first epoch (the prune section as the pruner would check it)."""
     p, d = cfg.prune, cfg.data
     for name in BUDGET_KEYS:
         v = getattr(p, name)
@@ -255,14 +300,68 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
     for sec in ("train", "finetune"):
-        t = getattr(cfg, sec)
-        if t.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"{sec}.optimizer must be sgd or adamw, got {t.optimizer!r}")
-        if t.epochs < 0 or t.lr <= 0:
-            raise ConfigError(f"{sec}.epochs must be >= 0 and {sec}.lr > 0, got {t.epochs} and {t.lr}")
+        _check_training(getattr(cfg, sec), sec)
     if not 0.0 <= d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
-    if d.batch_size < 1 or d.calibration_size < 1:
-        raise ConfigError("data.batch_size and data.calibration_size must be positive")
+    for key in ("batch_size", "calibration_size"):
+        _at_least(getattr(d, key), 1, f"data.{key}")
+    _at_least(d.workers, 0, "data.workers")
+    if d.image_size is not None:
+        _at_least(d.image_size, 1, "data.image_size")
     if d.classes is not None and (len(d.classes) < 2 or len(set(d.classes)) != len(d.classes)):
         raise ConfigError(f"data.classes must list at least two distinct class indices, got {d.classes}")
+    e = cfg.eval
+    if not e.batch_sizes:
+        raise ConfigError("eval.batch_sizes must list at least one batch size, e.g. [1, 32]")
+    for b in e.batch_sizes:
+        _at_least(b, 1, "eval.batch_sizes entries")
+    _at_least(e.repeats, 1, "eval.repeats")
+    _at_least(e.warmup, 0, "eval.warmup")
+    _at_least(p.max_batches, 1, "prune.max_batches")
+    _at_least(p.epochs_between, 0, "prune.epochs_between")
+    prune_config(p)
+    return cfg
+
+
+def _check_training(t: TrainSection, sec: str) -> None:
+    if t.optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"{sec}.optimizer must be sgd or adamw, got {t.optimizer!r}")
+    _at_least(t.epochs, 0, f"{sec}.epochs")
+    if t.patience is not None:
+        _at_least(t.patience, 1, f"{sec}.patience")
+    for key, low, high, open_low, open_high in (("lr", 0.0, math.inf, True, True), ("momentum", 0.0, 1.0, False, True),
+                                                ("weight_decay", 0.0, math.inf, False, True),
+                                                ("warmup_epochs", 0.0, math.inf, False, True),
+                                                ("label_smoothing", 0.0, 1.0, False, True),
+                                                ("temperature", 0.0, math.inf, True, True),
+                                                ("alpha", 0.0, 1.0, False, False)):
+        v = float(getattr(t, key))
+        ok = math.isfinite(v) and (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+        if not ok:
+            where = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+            raise ConfigError(f"{sec}.{key} must be a finite number in {where}, got {getattr(t, key)!r}")
+
+
+def _at_least(v: Any, low: int, key: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {v!r}")
+
+
+def prune_config(p: PruneSection):
+    """The :class:`surgery.PruneConfig` of a prune section (criterion built and checked;
+    without a budget key, half the FLOPs are kept); ConfigError names the bad key."""
+    import surgery.criteria as criteria
+    from surgery.budget import PruneConfig
+    try:
+        criterion = criteria.get(p.criterion, **p.criterion_options)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"prune.criterion / prune.criterion_options: {err}") from None
+    budget = {k: getattr(p, k) for k in BUDGET_KEYS if getattr(p, k) is not None} or {"target_flops": 0.5}
+    try:
+        return PruneConfig(criterion=criterion, global_pruning=p.global_pruning, normalize=p.normalize,
+                           max_ratio=p.max_ratio, min_channels=p.min_channels, round_to=p.round_to,
+                           iterative_steps=p.iterative_steps, schedule=p.schedule, verify=p.verify,
+                           ignored_layers=tuple(p.ignored_layers), attention=p.attention, head_ratio=p.head_ratio,
+                           skip_blocks=tuple(p.skip_blocks), tracer=p.tracer, **budget).validate()
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"prune: {err}") from None

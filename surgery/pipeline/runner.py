@@ -38,13 +38,12 @@ from tqdm.auto import tqdm
 import surgery.criteria as _criteria
 
 from surgery.architectures import build, build_function, is_function_spec
-from surgery.budget import PruneConfig
 from surgery.history import history
 from surgery.layers import keep_classes
 from surgery.metrics import count_flops
 from surgery.pipeline import data as datasets
 from surgery.pipeline.insight import insight
-from surgery.pipeline.config import ConfigError, RunConfig, resolve, to_yaml
+from surgery.pipeline.config import ConfigError, RunConfig, check_values, prune_config, resolve, to_yaml
 from surgery.pipeline.measure import measure
 from surgery.pipeline.report_files import write_reports
 from surgery.pipeline.training import distributed, evaluate_accuracy, fit, is_main, sync_from_rank0
@@ -98,7 +97,7 @@ def _setup(config, resume) -> tuple[RunConfig, Path]:
     if config is None:
         cfg = resolve(env={})
     elif isinstance(config, RunConfig):
-        cfg = config
+        cfg = check_values(config)
     elif isinstance(config, dict):
         cfg = resolve(config, env={})
     elif isinstance(config, (str, os.PathLike)):
@@ -215,13 +214,7 @@ class _Context:
             return load(done, self._fresh(data.num_classes)).to(self.device), saved["steps"], saved["verification"]
         p, cfg = self.cfg.prune, self.cfg
         example = torch.zeros(1, *data.input_shape, device=self.device)
-        budget = {k: getattr(p, k) for k in ("ratio", "target_flops", "target_params") if getattr(p, k) is not None}
-        budget = budget or {"target_flops": 0.5}
-        config = PruneConfig(criterion=_criteria.get(p.criterion, **p.criterion_options), global_pruning=p.global_pruning, normalize=p.normalize,
-                             max_ratio=p.max_ratio, min_channels=p.min_channels, round_to=p.round_to,
-                             iterative_steps=p.iterative_steps, schedule=p.schedule, verify=p.verify,
-                             ignored_layers=tuple(p.ignored_layers), attention=p.attention, head_ratio=p.head_ratio,
-                             skip_blocks=tuple(p.skip_blocks), tracer=p.tracer, **budget)
+        config = prune_config(p)
         needs_data = _criteria.get(p.criterion, **p.criterion_options).needs_data
         calib = datasets.loader(data.calibration, cfg.data.batch_size, distributed=distributed()) if needs_data else None
         t0 = time.perf_counter()
