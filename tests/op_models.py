@@ -238,7 +238,7 @@ class ShuffleModule(nn.Module):
 
 
 class LiteralReshape(nn.Module):
-    """A reshape to a stored size (as torchvision's ViT does): needs a patched literal."""
+    """A reshape to a stored size (as torchvision's ViT does): the attribute follows the width."""
     def __init__(self):
         super().__init__()
         self.hidden = 10

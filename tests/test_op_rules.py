@@ -30,12 +30,23 @@ def test_layernorm_model_prunes_with_same_output_shape():
 
 
 def test_literal_reshape_returns_patched_graph_module(x32):
-    m = prepared(LiteralReshape())
+    class HardCoded(LiteralReshape):  # the size is written in the code: only a patched graph can change it
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(y.reshape(y.shape[0], 10, -1).mean(2))
+
+    m = prepared(HardCoded())
     with pytest.warns(UserWarning, match="GraphModule"):
         p = surgery.prune(m, x32, ratio=0.5)
     assert isinstance(p, fx.GraphModule)
     assert p.get_submodule("conv.0").out_channels == 5
     assert count_params(p) < count_params(m)
+
+
+def test_a_reshape_by_a_size_attribute_keeps_the_class(x32):
+    m = prepared(LiteralReshape())  # reshape(n, self.hidden, -1): the attribute follows the width
+    p = surgery.prune(m, x32, ratio=0.5)
+    assert type(p) is LiteralReshape and p.hidden == p.conv[0].out_channels == 5 and m.hidden == 10
 
 
 def test_shuffle_groups_are_unified_across_halves(x32):

@@ -35,6 +35,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import surgery.criteria as criteria
+from surgery.budget import PruneConfig
+
 __all__ = ["RunConfig", "ConfigError", "resolve", "to_yaml", "PRESETS", "keys", "check_values", "prune_config",
            "safe_yaml"]
 
@@ -350,8 +353,6 @@ def _at_least(v: Any, low: int, key: str) -> None:
 def prune_config(p: PruneSection):
     """The :class:`surgery.PruneConfig` of a prune section (criterion built and checked;
     without a budget key, half the FLOPs are kept); ConfigError names the bad key."""
-    import surgery.criteria as criteria
-    from surgery.budget import PruneConfig
     try:
         criterion = criteria.get(p.criterion, **p.criterion_options)
     except (ValueError, TypeError, KeyError) as err:

@@ -213,7 +213,7 @@ class _Context:
             saved = json.loads(info.read_text())
             return load(done, self._fresh(data.num_classes)).to(self.device), saved["steps"], saved["verification"]
         p, cfg = self.cfg.prune, self.cfg
-        example = torch.zeros(1, *data.input_shape, device=self.device)
+        example = _example(data, self.device)
         config = prune_config(p)
         needs_data = _criteria.get(p.criterion, **p.criterion_options).needs_data
         calib = datasets.loader(data.calibration, cfg.data.batch_size, distributed=distributed()) if needs_data else None
@@ -352,6 +352,15 @@ def _init_distributed() -> bool:
         dist.init_process_group(backend)
         return True
     return False
+
+
+def _example(data, device) -> torch.Tensor:
+    """Two calibration images to trace and verify on: real inputs, where zeros would make every
+    feature map constant and verification weak."""
+    n = min(2, len(data.calibration))
+    if not n:
+        return torch.zeros(1, *data.input_shape, device=device)
+    return torch.stack([data.calibration[i][0] for i in range(n)]).to(device)
 
 
 def _device(name: str) -> torch.device:
