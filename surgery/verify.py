@@ -69,8 +69,14 @@ class Verification:
         if self.max_error is not None:
             return (f"partly verified: {self.compared} equal the masked original (max relative error "
                     f"{self.max_error:.2e}, {self.dtype}); the others' shapes only: "
-                    + "; ".join(self.unchecked) + train)
-        return "output shapes verified; outputs not compared: " + "; ".join(self.unchecked) + train
+                    + self._reasons() + train)
+        return "output shapes verified; outputs not compared: " + self._reasons() + train
+
+    def _reasons(self, shown: int = 3) -> str:
+        """The first reasons in ``unchecked``, with a count of the rest (all are in the list)."""
+        rest = len(self.unchecked) - shown
+        more = f"; and {rest} more (see .unchecked)" if rest > 0 else ""
+        return "; ".join(self.unchecked[:shown]) + more
 
 
 def crossed_norms(graph: ChannelGraph, removed: np.ndarray) -> list:

@@ -410,3 +410,10 @@ def test_leaf_modules_are_black_boxes_on_the_export_front_too():
         assert (small.stem[0].out_channels, small.gate.a.out_channels, small.mid.out_channels) == (8, 8, 8)
     with pytest.raises(ValueError, match="not submodules"):
         surgery.trace(model, X, leaf_modules=["gaet"], tracer="export")
+
+
+def test_the_summary_of_many_unchecked_norms_is_short_and_the_list_complete():
+    from surgery.verify import Verification
+    v = Verification(exact=False, unchecked=[f"norm {i}" for i in range(25)])
+    assert "norm 2" in str(v) and "norm 3" not in str(v) and "22 more" in str(v)
+    assert len(v.unchecked) == 25
