@@ -1,8 +1,8 @@
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-VERSION = re.search(r'__version__ = "(.+)"', open("surgery/version.py", encoding="utf-8").read()).group(1)
+VERSION = re.search(r'__version__ = "(.+)"', open("surgery/core/version.py", encoding="utf-8").read()).group(1)
 
 setup(
     name="torch-surgery",
@@ -10,7 +10,7 @@ setup(
     description="Structured pruning for PyTorch that physically removes channels",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=["surgery", "surgery.rules", "surgery.criteria", "surgery.models", "surgery.pipeline", "criteria", "models"],
+    packages=find_packages(include=["surgery", "surgery.*", "criteria", "models"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -3,6 +3,6 @@
 Installed this way so that a file named ``criteria.py`` in a user's working directory
 cannot break ``import surgery``; see surgery/aliases.py.
 """
-from surgery.aliases import alias_package
+from surgery.core.aliases import alias_package
 
 alias_package(__name__, "surgery.criteria")

@@ -22,7 +22,7 @@ from surgery.pipeline.config import DataSection, TrainSection
 from surgery.pipeline.data import load
 from surgery.pipeline.measure import latency
 from surgery.pipeline.training import evaluate_accuracy, fit
-from surgery.report_plots import pyplot
+from surgery.reporting.plots import pyplot
 from surgery.sparsity import make_permanent, sparsify
 
 

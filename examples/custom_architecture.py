@@ -12,7 +12,7 @@ import torch.fx
 import torch.nn as nn
 
 import surgery
-from surgery.handlers import ConvHandler, PerChannelHandler
+from surgery.ops.conv import ConvHandler
 
 
 @torch.fx.wrap  # fx keeps calls to it as one node instead of tracing inside
@@ -61,10 +61,9 @@ class Net(nn.Module):
 
 
 # (a) rules: how channels flow through each new function / module type -------------
-surgery.extend.register_function_rule(soft_gate)(surgery.extend.passthrough)
+surgery.extend.register_function(soft_gate, rule=surgery.extend.passthrough)
 
 
-@surgery.extend.register_module_rule(ChannelAffine)
 def channel_affine_rule(ctx, node):
     return surgery.extend.per_channel(ctx, node, dim=1)   # one parameter per channel of dim 1
 
@@ -78,9 +77,12 @@ def dynamic_block_rule(ctx, node):
 
 
 # ... and handlers: how to slice their parameters --------------------------------------
-@surgery.extend.register_handler(ChannelAffine)
-class ChannelAffineHandler(PerChannelHandler):
+class ChannelAffineHandler(surgery.extend.PerChannelHandler):
     size_attr, tensors = "channels", ("weight", "bias")
+
+
+# one registration per layer type: its rule and its handler together
+surgery.extend.register_layer(ChannelAffine, rule=channel_affine_rule, handler=ChannelAffineHandler())
 
 
 class DynamicBlockHandler(surgery.extend.Handler):
@@ -120,8 +122,7 @@ def main() -> float:
         frozen = surgery.trace(model, x, leaf_modules=[DynamicBlock])
     print(f"as a bare leaf: {len(frozen.prunable_groups)} prunable groups; {str(caught[0].message)[:90]} ...")
     # ... with a rule and a handler registered, its channels prune too
-    surgery.extend.register_module_rule(DynamicBlock)(dynamic_block_rule)
-    surgery.extend.register_handler(DynamicBlock)(DynamicBlockHandler)
+    surgery.extend.register_layer(DynamicBlock, rule=dynamic_block_rule, handler=DynamicBlockHandler())
     graph = surgery.trace(model, x, leaf_modules=[DynamicBlock])
     print(graph.summary())
 

@@ -18,26 +18,30 @@ num_classes=N when it accepts it). --weights loads a state_dict (weights_only=Tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import warnings
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 
-from surgery.version import __version__ as VERSION
+from surgery.core.config import PruneConfig
+from surgery.core.errors import SurgeryError
+from surgery.core.version import __version__ as VERSION
 
 __all__ = ["main", "build_model"]
 
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+class CliError(SurgeryError):
+    """A user error found by the command line itself: printed as one line, exit status 2."""
 
 
 def build_model(spec: str, num_classes: int) -> nn.Module:
     """The model named by ``spec`` (see the module docstring), random weights."""
-    from surgery.architectures import build
+    from surgery.core.architectures import build
     try:
         return build(spec, num_classes=num_classes)
     except ValueError as err:
@@ -66,6 +70,55 @@ def _pair(text: str) -> tuple:
     return values
 
 
+def _layer_ratio(text: str) -> tuple:
+    name, sep, value = text.rpartition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAYER=RATIO (e.g. layer1=0.3), got {text!r}") from None
+
+
+def _flag_kind(f: dataclasses.Field) -> dict:
+    """argparse keywords for a PruneConfig field, from its type in a file (``plain``)."""
+    plain, choices = f.metadata["plain"], f.metadata["choices"]
+    if plain is bool:
+        return {"action": "store_true"} if f.default is False else {"action": argparse.BooleanOptionalAction}
+    if choices:
+        return {"choices": choices}
+    kinds = {float: float, int: int, str: str, Optional[float]: float, Optional[int]: int, List[int]: _pair,
+             List[str]: str, Dict[str, float]: _layer_ratio}
+    kind = {"type": kinds[plain]}
+    if plain in (List[str], Dict[str, float]):
+        kind["action"] = "append"
+    return kind
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`surgery.PruneConfig` field (``--round-to`` for ``round_to``), with
+    the field's help; a flag not given leaves the field's default."""
+    for f in dataclasses.fields(PruneConfig):
+        if f.metadata["cli"] is None:
+            continue
+        names = ["--" + f.name.replace("_", "-")] + ([f.metadata["flag"]] if f.metadata["flag"] else [])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "" if default in (None, (), {}, False) else f" (default {default if not isinstance(default, tuple) else ','.join(map(str, default))})"
+        kind = _flag_kind(f)
+        if f.metadata["metavar"]:
+            kind["metavar"] = f.metadata["metavar"]
+        parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] + shown, **kind)
+
+
+def config_options(args: argparse.Namespace) -> dict:
+    """The PruneConfig fields given on the command line, as PruneConfig values."""
+    options = {name: getattr(args, name) for name in PruneConfig.fields() if hasattr(args, name)}
+    if "ratios" in options:
+        options["ratios"] = dict(options["ratios"])
+    for name in ("ignored_layers", "leaf_modules"):
+        if name in options:
+            options[name] = tuple(options[name])
+    return options
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="surgery", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,21 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--weights", help="a state_dict file to load into the model first")
         s.add_argument("--seed", type=int, default=0, help="seeds random weights and inputs (default 0)")
     pr = sub.choices["prune"]
-    pr.add_argument("--ratio", type=float, default=0.5,
-                    help="fraction of each channel group's channels to remove (default 0.5)")
-    pr.add_argument("--criterion", default="l1", help="a criteria name (l1, fpgm, taylor, ...)")
-    pr.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across groups")
-    pr.add_argument("--target-flops", type=float, help="fraction of FLOPs to keep (instead of --ratio)")
-    pr.add_argument("--iterative-steps", type=int, default=1)
-    pr.add_argument("--round-to", type=int, help="kept channel counts are multiples of N")
-    pr.add_argument("--ignore", action="append", default=[], metavar="LAYER", help="keep this layer's outputs whole")
-    pr.add_argument("--attention", choices=["dims", "heads"], default="dims",
-                    help="heads: remove whole attention heads; dims: the same head dims from every head")
-    pr.add_argument("--head-ratio", type=float, help="fraction of heads to remove (default: --ratio)")
-    pr.add_argument("--skip-blocks", type=_pair, default=(0, 0), metavar="FIRST,LAST",
-                    help="keep the first and last repeated blocks (transformer layers) whole, e.g. 1,1")
-    pr.add_argument("--tracer", choices=["auto", "fx", "export"], default="auto",
-                    help="auto: torch.fx, then torch.export when fx cannot trace the model")
+    add_config_flags(pr)
     pr.add_argument("--data", help="calibration data for data criteria: digits (bundled) or a pipeline dataset "
                     "(cifar10, mnist, ..., folder) read from --data-root")
     pr.add_argument("--data-root", default="data", help="where --data lives (nothing is downloaded)")
@@ -139,7 +178,7 @@ def _pipeline(args) -> int:
     from surgery.pipeline import config as pconfig
     if args.command == "report":
         from surgery.pipeline.report_files import write_reports
-        from surgery.architectures import build_function
+        from surgery.core.architectures import build_function
         for path in write_reports(args.run_dir, builders={b: build_function(b) for b in args.builder}):
             print(path)
         return 0
@@ -187,7 +226,7 @@ def main(argv: list | None = None) -> int:
     except CliError as err:
         print(f"surgery: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:  # library errors say what to do
+    except (SurgeryError, FileNotFoundError) as err:  # refusals that say what to do; anything else is a bug
         print(f"surgery: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 
@@ -210,11 +249,8 @@ def _run(args) -> int:
 
 
 def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
-    from surgery.metrics import count_flops, count_params
-    options = dict(ratio=args.ratio, criterion=args.criterion, global_pruning=args.global_pruning,
-                   target_flops=args.target_flops, iterative_steps=args.iterative_steps, round_to=args.round_to,
-                   ignored_layers=tuple(args.ignore), attention=args.attention, head_ratio=args.head_ratio,
-                   skip_blocks=args.skip_blocks, tracer=args.tracer)
+    from surgery.core.metrics import count_flops, count_params
+    options = config_options(args)
     data = _calibration(args, tuple(x.shape)) if args.data else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -222,9 +258,11 @@ def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
         pruned = pruner.run()
     rows = [("params", count_params(model), count_params(pruned)),
             ("FLOPs", count_flops(model, x), count_flops(pruned, x))]
-    what = (f"kept {args.target_flops:.0%} of FLOPs" if args.target_flops else
-            f"removed {args.ratio:.0%} of {'all channels, ranked globally' if args.global_pruning else 'each group' + chr(39) + 's channels'}")
-    print(f"{args.model}: {what} ({args.criterion}); {pruner.verification}")
+    c = pruner.config
+    what = (f"kept {c.target:.0%} of {'FLOPs' if c.target_flops else 'parameters'}" if c.target is not None else
+            f"removed {c.ratio:.0%} of " + ("all channels, ranked globally" if c.global_pruning
+                                            else "each group's channels"))
+    print(f"{args.model}: {what} ({c.criterion}); {pruner.verification}")
     print(f"{'':8}{'before':>14}{'after':>14}{'kept':>8}")
     for name, a, b in rows:
         print(f"{name:8}{a:>14,}{b:>14,}{b / a:>8.1%}")

@@ -1,23 +1,31 @@
-"""``surgery.extend``: teach the engine new layers and ops.
+"""``surgery.extend``: teach the engine new layers, functions and tensor methods.
 
-A *rule* says how channels flow through a module type, function or tensor method
-(registered with ``register_module_rule`` / ``register_function_rule`` /
-``register_method_rule``); a *handler* rebuilds a module type with fewer channels
-(``register_handler`` on a :class:`Handler` subclass). See ``examples/custom_architecture.py``.
+A layer type is registered once with its channel *rule* (how channels flow through its
+forward) and its *handler* (how to rebuild it with fewer channels):
+``register_layer(MyLayer, rule=my_rule, handler=MyHandler())``. Functions and tensor methods
+have rules only (``register_function``, ``register_method``). The ``registered_*`` context
+managers register for a ``with`` block and restore what was there (tests). See
+``examples/custom_architecture.py``.
 
 Example:
     >>> import torch, surgery.extend as ext
     >>> def soft_gate(x):
     ...     return x * torch.sigmoid(x)
-    >>> _ = ext.register_function_rule(soft_gate)(ext.passthrough)
+    >>> _ = ext.register_function(soft_gate, rule=ext.passthrough)
+    >>> ext.function_rule(soft_gate) is ext.passthrough
+    True
 """
-from surgery.handlers import HANDLERS, Handler, PerChannelHandler, handler_for, register_handler, replace_param
-from surgery.rules import (FUNCTION_RULES, METHOD_RULES, MODULE_RULES, RuleContext, broadcast_axes, elementwise,
-                           passthrough, per_channel, register_function_rule, register_method_rule,
-                           register_module_rule)
-from surgery.rules.context import Kind, Role
+from surgery.ops.context import Kind, Role, RuleContext
+from surgery.ops.elementwise import broadcast_axes, elementwise, passthrough
+from surgery.ops.handler import Handler, PerChannelHandler, replace_param
+from surgery.ops.norm import per_channel
+from surgery.ops.registry import (LayerType, function_rule, functions, handler_for, layer_types, lookup_layer,
+                                  method_rule, methods, register_function, register_layer, register_method,
+                                  registered_function, registered_layer, registered_method, rule_for,
+                                  unregister_function, unregister_layer, unregister_method)
 
-__all__ = ["register_module_rule", "register_function_rule", "register_method_rule", "RuleContext",
-           "passthrough", "elementwise", "broadcast_axes", "per_channel", "Kind", "Role",
-           "Handler", "PerChannelHandler", "register_handler", "handler_for", "replace_param",
-           "MODULE_RULES", "FUNCTION_RULES", "METHOD_RULES", "HANDLERS"]
+__all__ = ["register_layer", "unregister_layer", "registered_layer", "register_function", "unregister_function",
+           "registered_function", "register_method", "unregister_method", "registered_method", "LayerType",
+           "lookup_layer", "rule_for", "handler_for", "function_rule", "method_rule", "layer_types", "functions",
+           "methods", "RuleContext", "Kind", "Role", "passthrough", "elementwise", "broadcast_axes", "per_channel",
+           "Handler", "PerChannelHandler", "replace_param"]

@@ -18,8 +18,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from surgery.handlers import handler_for
-from surgery.rewrite import set_submodule
+from surgery.core.errors import ArgumentError, ArgumentTypeError
+from surgery.ops.registry import handler_for
+from surgery.rewrite.rebuild import set_submodule
 
 __all__ = ["remove_filters", "remove_bn", "remove_kernels", "keep_classes"]
 
@@ -30,10 +31,10 @@ def _keep(n: int, drop: Indices, module: nn.Module, what: str) -> list:
     drop = sorted({int(i) for i in (drop.tolist() if isinstance(drop, torch.Tensor) else drop)})
     bad = [i for i in drop if not 0 <= i < n]
     if bad:
-        raise ValueError(f"{type(module).__name__} has {n} {what}; indices {bad} are out of range")
+        raise ArgumentError(f"{type(module).__name__} has {n} {what}; indices {bad} are out of range")
     keep = [i for i in range(n) if i not in set(drop)]
     if not keep:
-        raise ValueError(f"cannot remove all {n} {what} of {type(module).__name__}; keep at least one")
+        raise ArgumentError(f"cannot remove all {n} {what} of {type(module).__name__}; keep at least one")
     return keep
 
 
@@ -47,7 +48,7 @@ def _in_size(m: nn.Module) -> int:
 
 def _check_type(m: nn.Module, fn: str) -> None:
     if not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-        raise TypeError(f"{fn} expects a Conv or Linear layer, got {type(m).__name__}")
+        raise ArgumentTypeError(f"{fn} expects a Conv or Linear layer, got {type(m).__name__}")
 
 
 def remove_filters(layer: nn.Module, indices: Indices) -> nn.Module:
@@ -67,7 +68,7 @@ def remove_kernels(layer: nn.Module, indices: Indices) -> nn.Module:
 def remove_bn(bn: nn.Module, indices: Indices) -> nn.Module:
     """A copy of a BatchNorm (or other per-channel norm) without channels ``indices``."""
     if not isinstance(bn, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
-        raise TypeError(f"remove_bn expects a normalisation layer, got {type(bn).__name__}")
+        raise ArgumentTypeError(f"remove_bn expects a normalisation layer, got {type(bn).__name__}")
     handler = handler_for(bn)
     return handler.prune(bn, None, _keep(handler._size(bn), indices, bn, "channels"))
 
@@ -85,12 +86,12 @@ def keep_classes(model: nn.Module, classes: Sequence[int], layer: str | None = N
     if layer is None:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise ValueError("keep_classes: the model has no nn.Linear; pass layer=<name of the classifier>")
+            raise ArgumentError("keep_classes: the model has no nn.Linear; pass layer=<name of the classifier>")
         layer = linears[-1]
     head = model.get_submodule(layer)
     classes = [int(c) for c in classes]
     n = head.out_features if isinstance(head, nn.Linear) else head.out_channels
     if not classes or len(set(classes)) != len(classes) or min(classes) < 0 or max(classes) >= n:
-        raise ValueError(f"classes must be distinct indices in [0, {n}), got {classes}")
+        raise ArgumentError(f"classes must be distinct indices in [0, {n}), got {classes}")
     set_submodule(model, layer, handler_for(head).prune(head, None, classes))
     return model

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch.nn as nn
 
-from surgery.groups import ChannelGraph
-from surgery.selection import units_for_positions
+from surgery.core.errors import ArgumentError
+from surgery.groups.graph import ChannelGraph
+from surgery.select.selection import units_for_positions
 
-__all__ = ["Plan", "PlanEntry", "plan_from_units", "units_from_plan", "fingerprint", "check_architecture"]
+__all__ = ["Plan", "PlanEntry", "plan_from_units", "units_from_plan", "fingerprint", "check_architecture", "HISTORY", "history", "record"]
 
 FORMAT, VERSION = "torch-surgery-plan", 1
 
@@ -60,14 +61,14 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"not a torch-surgery plan: expected a JSON object with \"format\": \"{FORMAT}\"")
+            raise ArgumentError(f"not a torch-surgery plan: expected a JSON object with \"format\": \"{FORMAT}\"")
         if data.get("version") != VERSION:
-            raise ValueError(f"plan version {data.get('version')} is not supported (this library reads {VERSION})")
+            raise ArgumentError(f"plan version {data.get('version')} is not supported (this library reads {VERSION})")
         try:
             entries = [PlanEntry(str(e["layer"]), str(e.get("dim", "out")), int(e["size"]),
                                  sorted(int(i) for i in e["indices"])) for e in data["remove"]]
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"malformed plan entry ({err}); each needs layer, size and indices") from None
+            raise ArgumentError(f"malformed plan entry ({err}); each needs layer, size and indices") from None
         return cls(entries, list(data.get("inputs", [])), str(data.get("model", "")),
                    dict(data.get("architecture") or {}),
                    {k: v for k, v in (data.get("trace") or {}).items() if k in ("attention", "tracer")})
@@ -102,7 +103,7 @@ def check_architecture(plan: Plan, model: nn.Module) -> None:
     mine = fingerprint(model)
     if mine["digest"] != plan.architecture.get("digest"):
         want = plan.architecture
-        raise ValueError(
+        raise ArgumentError(
             f"this plan does not fit the model: it was made for {want.get('class')} with "
             f"{want.get('params', 0):,} parameters, this is {mine['class']} with {mine['params']:,} "
             f"(layer names or shapes differ). Apply it to a fresh instance of the architecture it was "
@@ -121,8 +122,8 @@ def plan_from_units(graph: ChannelGraph, removed: np.ndarray, model: nn.Module |
         positions = np.nonzero(np.isin(m.unit_index, hit))[0].tolist()
         entries.append(PlanEntry(m.name, m.role, len(m.unit_index), positions))
     arch = fingerprint(model) if model is not None else {}
-    how = {"attention": getattr(graph, "attention", "dims"), "tracer": getattr(graph, "front", "fx")}
-    return Plan(entries, list(getattr(graph, "input_spec", [])), arch.get("class", ""), arch, how)
+    how = {"attention": graph.attention, "tracer": graph.front}
+    return Plan(entries, list(graph.input_spec), arch.get("class", ""), arch, how)
 
 
 def units_from_plan(graph: ChannelGraph, plan: Plan) -> np.ndarray:
@@ -131,10 +132,10 @@ def units_from_plan(graph: ChannelGraph, plan: Plan) -> np.ndarray:
     chosen: dict = {}
     for e in plan.entries:
         if (e.layer, e.dim) not in members:
-            raise ValueError(_mismatch(plan, f"has no prunable dimension '{e.dim}' of layer '{e.layer}'"))
+            raise ArgumentError(_mismatch(plan, f"has no prunable dimension '{e.dim}' of layer '{e.layer}'"))
         group, m = members[(e.layer, e.dim)]
         if len(m.unit_index) != e.size:
-            raise ValueError(_mismatch(plan, f"'{e.layer}' has {len(m.unit_index)} channels ({e.dim}), "
+            raise ArgumentError(_mismatch(plan, f"'{e.layer}' has {len(m.unit_index)} channels ({e.dim}), "
                                              f"the plan expects {e.size}"))
         chosen.setdefault(group.index, []).append((e, _units_of(group, m, e)))
     units = []
@@ -143,12 +144,12 @@ def units_from_plan(graph: ChannelGraph, plan: Plan) -> np.ndarray:
         first = picks[0][1]
         for e, u in picks[1:]:
             if not np.array_equal(u, first):
-                raise ValueError(f"plan entries for coupled layers '{picks[0][0].layer}' and '{e.layer}' "
+                raise ArgumentError(f"plan entries for coupled layers '{picks[0][0].layer}' and '{e.layer}' "
                                  f"remove different channels of the same group")
         if not group.prunable:
-            raise ValueError(f"the plan removes channels of '{picks[0][0].layer}', which are frozen here: {group.reason}")
+            raise ArgumentError(f"the plan removes channels of '{picks[0][0].layer}', which are frozen here: {group.reason}")
         if len(first) >= group.size:
-            raise ValueError(f"the plan removes every channel of '{picks[0][0].layer}'s group")
+            raise ArgumentError(f"the plan removes every channel of '{picks[0][0].layer}'s group")
         units.append(group.units[first])
     return np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
 
@@ -156,10 +157,30 @@ def units_from_plan(graph: ChannelGraph, plan: Plan) -> np.ndarray:
 def _units_of(group, member, entry: PlanEntry) -> np.ndarray:
     idx = np.asarray(entry.indices, dtype=np.int64)
     if len(idx) and (idx.min() < 0 or idx.max() >= entry.size):
-        raise ValueError(f"plan indices for '{entry.layer}' must be in [0, {entry.size})")
+        raise ArgumentError(f"plan indices for '{entry.layer}' must be in [0, {entry.size})")
     return units_for_positions(group, member, idx, f"plan entry for '{entry.layer}'")
 
 
 def _mismatch(plan: Plan, what: str) -> str:
     made = f" (made for {plan.model})" if plan.model else ""
     return f"this plan does not fit the model{made}: the model {what}. Apply it to the architecture it was made for."
+
+
+# --------------------------------------------------------------------------- history on the model
+HISTORY = "surgery_history"
+_NAME = "_surgery_model_name"
+
+
+def history(model: nn.Module) -> list:
+    """The JSON plans that produced ``model``, oldest first (empty for an unpruned model)."""
+    return list(getattr(model, HISTORY, []))
+
+
+def record(result: nn.Module, source: nn.Module, plan: Plan) -> nn.Module:
+    """Give ``result`` the history of ``source`` plus ``plan`` (when it removed anything)."""
+    past = history(source)
+    if plan.entries:
+        past.append(plan.to_json(indent=None))
+    object.__setattr__(result, HISTORY, past)
+    object.__setattr__(result, _NAME, plan.model or fingerprint(source)["class"])
+    return result

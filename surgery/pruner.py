@@ -1,7 +1,7 @@
 """``surgery.prune`` and ``surgery.Pruner``: budgets, global ranking, targets, iterative steps.
 
 ``prune(model, x, ratio=...)`` is ``Pruner(model, x, ratio=...).step()``: one path selects
-units (:func:`surgery.selection.select_units`), rewrites, checks and records history.
+units (:func:`surgery.select.selection.select_units`), rewrites, checks and records history.
 
 Example:
     >>> import torch, surgery
@@ -17,45 +17,44 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch.nn as nn
 
 import surgery.criteria as _criteria
-from surgery.cost import CostModel
-from surgery.budget import Budget, PruneConfig, check_ratio, scheduled
-from surgery.groups import ChannelGraph
-from surgery.history import record
-from surgery.metrics import count_flops, count_params
+from surgery.select.cost import CostModel
+from surgery.core.config import PruneConfig
+from surgery.core.errors import ArgumentError, ArgumentTypeError
+from surgery.select.budget import Budget, scheduled
+from surgery.groups.graph import ChannelGraph
+from surgery.plan import record
+from surgery.core.metrics import count_flops, count_params
 from surgery.plan import Plan, plan_from_units
-from surgery.report import Report, report
-from surgery.rewrite import rewrite
-from surgery.selection import EMPTY, select_units
-from surgery.tracing import trace
-from surgery.verify import Verification, checked_rewrite
+from surgery.reporting.report import Report, report
+from surgery.rewrite.rebuild import rewrite
+from surgery.select.selection import EMPTY, select_units
+from surgery.groups.build import trace
+from surgery.rewrite.verify import Verification, checked_rewrite
 
 __all__ = ["prune", "Pruner", "PruneConfig", "calibrate"]
 
 
-def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any = "l1",
-          ignored_layers: Iterable = (), leaf_modules: Iterable = (), inplace: bool = False,
-          data: Any = None, max_batches: int | None = None, forward_fn: Any = None,
-          loss_fn: Any = None, verify: bool = True, attention: str = "dims",
-          head_ratio: float | None = None, skip_blocks: Any = (0, 0), tracer: str = "auto") -> nn.Module:
-    """Remove ``floor(ratio * size)`` channels from every prunable group.
+def prune(model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *, data: Any = None,
+          max_batches: int | None = None, forward_fn: Callable | None = None, loss_fn: Callable | None = None,
+          **options: Any) -> nn.Module:
+    """Remove ``floor(ratio * size)`` channels from every prunable group (one step).
 
+    ``options`` are :class:`surgery.PruneConfig` fields (``ratio``, ``criterion``,
+    ``ignored_layers``, ``attention``, ``target_flops``, ...; ``help(surgery.PruneConfig)``
+    lists them), given on their own or over a ``config``; ``ratio`` (or a target) is required.
     Channels that reach a model output are never pruned, so the classifier needs no
     listing. The user's model is left untouched unless ``inplace=True``. Data criteria
     ("taylor", "coverage", ...) calibrate on ``data`` (batches of ``(inputs, targets)``, at
     most ``max_batches``; ``forward_fn(model, batch) -> (output, targets)`` and ``loss_fn``
     for other batch shapes and losses). Same as ``Pruner(...).step()`` with one step.
-    With ``verify=True`` the result is checked against the original with the removed
-    channels masked (``surgery.VerificationError`` on a mismatch; see README "Correctness").
-    ``attention="heads"`` removes whole attention heads (``head_ratio`` of them, default
-    ``ratio``) instead of the same head dims from every head. ``skip_blocks=(first, last)``
-    keeps the first and last repeated blocks (transformer layers) whole. ``tracer``: "fx", "export"
-    (``torch.export``, for models fx cannot trace) or "auto" (fx, then export).
+    With ``verify=True`` (the default) the result is checked against the original with the
+    removed channels masked (``surgery.VerificationError`` on a mismatch; see README "Correctness").
 
     Example:
         >>> import torch, surgery
@@ -65,27 +64,22 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float, criterion: Any
         >>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
         True
     """
-    config = PruneConfig(ratio=check_ratio(ratio), criterion=criterion, ignored_layers=tuple_of(ignored_layers),
-                         leaf_modules=tuple_of(leaf_modules), inplace=inplace, verify=verify,
-                         attention=attention, head_ratio=head_ratio, skip_blocks=skip_blocks, tracer=tracer)
+    if config is None and not {"ratio", "target_flops", "target_params"} & set(options):
+        raise ArgumentTypeError("prune() needs ratio= (the fraction of channels to remove), or target_flops= / "
+                                "target_params= (the fraction to keep), or a PruneConfig")
     return Pruner(model, example_inputs, config, data=data, max_batches=max_batches, forward_fn=forward_fn,
-                  loss_fn=loss_fn).step()
-
-
-def tuple_of(layers: Iterable) -> tuple:
-    """A single layer (name or module) as a one-element tuple; any other iterable as a tuple."""
-    return (layers,) if isinstance(layers, (str, nn.Module)) else tuple(layers)
+                  loss_fn=loss_fn, **options).step()
 
 
 def calibrate(criterion: _criteria.Criterion, model: nn.Module, data: Any, **options: Any) -> None:
     """Run a data criterion's calibration (weight criteria take no data)."""
     if criterion.needs_data:
         if data is None:
-            raise ValueError(f"criterion {type(criterion).__name__} needs data: pass data=<DataLoader or "
+            raise ArgumentError(f"criterion {type(criterion).__name__} needs data: pass data=<DataLoader or "
                              f"list of (inputs, targets)> (and max_batches=... to limit it)")
         criterion.calibrate(model, data, **{k: v for k, v in options.items() if v is not None})
     elif data is not None:
-        raise ValueError(f"criterion {type(criterion).__name__} uses weights only; data= is not used")
+        raise ArgumentError(f"criterion {type(criterion).__name__} uses weights only; data= is not used")
 
 
 class Pruner:
@@ -100,10 +94,9 @@ class Pruner:
                  data: Any = None, max_batches: int | None = None, forward_fn: Callable | None = None,
                  loss_fn: Callable | None = None, **options):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if "ignored_layers" in options:  # one name or module means that layer, not its letters
-            options["ignored_layers"] = tuple_of(options["ignored_layers"])
-        self.config = replace(config or PruneConfig(), **options).validate()
+            raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        PruneConfig.check_names(options)
+        self.config = replace(config or PruneConfig(), **options)
         self._data = dict(data=data, max_batches=max_batches, forward_fn=forward_fn, loss_fn=loss_fn)
         self.example_inputs = example_inputs
         self.criterion = _criteria.get(self.config.criterion)

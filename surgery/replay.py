@@ -6,11 +6,12 @@ from typing import Any
 
 import torch.nn as nn
 
-from surgery.history import record
-from surgery.inputs import spec_inputs
+from surgery.core.errors import ArgumentTypeError
+from surgery.plan import record
+from surgery.core.inputs import spec_inputs
 from surgery.plan import Plan, check_architecture, units_from_plan
-from surgery.tracing import trace
-from surgery.verify import checked_rewrite
+from surgery.groups.build import trace
+from surgery.rewrite.verify import checked_rewrite
 
 __all__ = ["apply_plan"]
 
@@ -35,13 +36,13 @@ def apply_plan(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any
 def replay(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any = None, inplace: bool = False,
            verify: bool = True, new_object_ok: bool = False) -> nn.Module:
     """:func:`apply_plan`; with ``inplace`` and ``new_object_ok`` (the caller owns ``model``) the
-    result may be a new GraphModule instead of :class:`surgery.rewrite.InPlaceError`."""
+    result may be a new GraphModule instead of :class:`surgery.rewrite.rebuild.InPlaceError`."""
     if isinstance(plan, str):
         plan = Plan.from_json(plan)
     elif isinstance(plan, dict):
         plan = Plan.from_dict(plan)
     elif not isinstance(plan, Plan):
-        raise TypeError(f"plan must be a surgery.Plan, its dict or its JSON text; got {type(plan).__name__}")
+        raise ArgumentTypeError(f"plan must be a surgery.Plan, its dict or its JSON text; got {type(plan).__name__}")
     check_architecture(plan, model)
     inputs = example_inputs if example_inputs is not None else spec_inputs(plan.inputs, _device(model))
     graph = trace(model, inputs, **plan.trace)  # the units the plan was made with (whole heads or dims)

@@ -1,7 +1,7 @@
 """Save and load pruned models without pickled code.
 
 ``save`` writes the plans that produced the model (JSON text), its ``state_dict`` and,
-when given, how to build the architecture (a spec for :func:`surgery.architectures.build`);
+when given, how to build the architecture (a spec for :func:`surgery.core.architectures.build`);
 ``load`` replays the plans on a fresh instance of the architecture (yours, or one built
 from the stored spec), then loads the weights with ``torch.load(weights_only=True)``.
 """
@@ -15,12 +15,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from surgery.architectures import build_stored
-from surgery.history import history
+from surgery.core.architectures import build_stored
+from surgery.plan import history
 from surgery.plan import Plan
 from surgery.replay import replay
-from surgery.rewrite import InPlaceError
-from surgery.transaction import transaction
+from surgery.core.errors import ArgumentError, ArgumentTypeError, InPlaceError
+from surgery.core.transaction import transaction
 
 __all__ = ["save", "load"]
 
@@ -70,7 +70,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, example_inp
     if built:
         model = _build_saved(path, data, builders)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module (a fresh instance of the saved architecture), "
+        raise ArgumentTypeError(f"model must be an nn.Module (a fresh instance of the saved architecture), "
                         f"got {type(model).__name__}")
     plans = [Plan.from_json(text) for text in json.loads(data["history"])]
     try:
@@ -87,7 +87,7 @@ def _replayed(model: nn.Module, plans: list, data: dict, path, example_inputs: A
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"the weights in {path} do not fit this model after replaying its plans: "
+        raise ArgumentError(f"the weights in {path} do not fit this model after replaying its plans: "
                          f"pass a fresh instance of the architecture that was saved ({err})") from None
     return model
 
@@ -104,7 +104,7 @@ def _check_fits(model: nn.Module, state: dict, path: str | os.PathLike) -> None:
         detail = "; ".join(part for part in (
             f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
             f"shapes differ: {wrong[:3]}" if wrong else "") if part)
-        raise ValueError(f"the weights in {path} do not fit this model after replaying its plans ({detail}): "
+        raise ArgumentError(f"the weights in {path} do not fit this model after replaying its plans ({detail}): "
                          f"pass a fresh instance of the architecture that was saved. The model was left as it was")
 
 
@@ -113,23 +113,23 @@ def _architecture(architecture: str | dict | None) -> dict | None:
         return None
     spec = {"name": architecture} if isinstance(architecture, str) else dict(architecture)
     if not isinstance(spec.get("name"), str):
-        raise TypeError("architecture must be a spec string or a dict with a 'name' spec string, "
+        raise ArgumentTypeError("architecture must be a spec string or a dict with a 'name' spec string, "
                         f"got {architecture!r}")
     try:
         json.dumps(spec)
     except TypeError as err:
-        raise TypeError(f"architecture's keyword arguments must be JSON values ({err})") from None
+        raise ArgumentTypeError(f"architecture's keyword arguments must be JSON values ({err})") from None
     return spec
 
 
 def _build_saved(path: str | os.PathLike, data: dict, builders: dict | None) -> nn.Module:
     spec = json.loads(data.get("architecture") or "null")
     if spec is None:
-        raise TypeError(f"{path} does not say how to build its architecture: pass model=<a fresh instance> "
+        raise ArgumentTypeError(f"{path} does not say how to build its architecture: pass model=<a fresh instance> "
                         "(e.g. torchvision.models.resnet50() or models.create('resnet20')), or save with "
                         "surgery.save(model, path, architecture='resnet20') next time")
     if not isinstance(spec, dict):
-        raise ValueError(f"{path} is malformed: its architecture is not a spec")
+        raise ArgumentError(f"{path} is malformed: its architecture is not a spec")
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     return build_stored(spec.get("name"), kwargs, builders=builders, source=str(path))
 
@@ -140,18 +140,18 @@ def _read(path: str | os.PathLike, map_location: Any) -> dict:
     except FileNotFoundError:
         raise
     except Exception as err:  # empty, truncated or not a torch file
-        raise ValueError(f"{path} is not a file written by surgery.save ({type(err).__name__}: {err})") from None
+        raise ArgumentError(f"{path} is not a file written by surgery.save ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} was not written by surgery.save")
+        raise ArgumentError(f"{path} was not written by surgery.save")
     if data.get("version") != VERSION:
-        raise ValueError(f"{path} has format version {data.get('version')!r}; this torch-surgery reads "
+        raise ArgumentError(f"{path} has format version {data.get('version')!r}; this torch-surgery reads "
                          f"version {VERSION} (upgrade torch-surgery to read it)")
     if not isinstance(data.get("architecture", ""), (str, type(None))):
-        raise ValueError(f"{path} is malformed: its architecture is not JSON text")
+        raise ArgumentError(f"{path} is malformed: its architecture is not JSON text")
     if not isinstance(data.get("history"), str) or not isinstance(data.get("state_dict"), dict):
-        raise ValueError(f"{path} is malformed: it lacks its history or state_dict")
+        raise ArgumentError(f"{path} is malformed: it lacks its history or state_dict")
     try:
         json.loads(data["history"])
     except ValueError as err:
-        raise ValueError(f"{path} is malformed: its history is not JSON ({err})") from None
+        raise ArgumentError(f"{path} is malformed: its history is not JSON ({err})") from None
     return data

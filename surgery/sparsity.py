@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
-from surgery.budget import check_ratio
+from surgery.core.errors import ArgumentError, check_ratio
 
 __all__ = ["sparsify", "make_permanent", "sparsity_report", "SparsityReport"]
 
@@ -56,7 +56,7 @@ def _layers(model: nn.Module, granularity: str, layers: Iterable | None) -> list
     if granularity == "pattern":
         chosen = [(n, m) for n, m in chosen if m.weight[0, 0].numel() > 1]
     if not chosen:
-        raise ValueError(f"no layers to sparsify with granularity {granularity!r} "
+        raise ArgumentError(f"no layers to sparsify with granularity {granularity!r} "
                          f"({'Conv/Linear' if granularity == 'weight' else 'Conv'} layers needed)")
     return chosen
 
@@ -93,7 +93,7 @@ def _masks(chosen: list, ratio: float, granularity: str) -> dict:
             keep.scatter_(2, order[..., :k], False)
             out[n] = keep.reshape(m.weight.shape)
         return out
-    raise ValueError(f"granularity must be 'weight', 'kernel' or 'pattern', got {granularity!r}")
+    raise ArgumentError(f"granularity must be 'weight', 'kernel' or 'pattern', got {granularity!r}")
 
 
 def sparsify(model: nn.Module, ratio: float, granularity: str = "weight",

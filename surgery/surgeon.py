@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -9,16 +10,17 @@ import torch
 import torch.nn as nn
 
 import surgery.criteria as _criteria
-from surgery.groups import ChannelGraph, Group
-from surgery.history import record
-from surgery.inputs import layer_name
+from surgery.groups.graph import ChannelGraph, Group
+from surgery.plan import record
+from surgery.core.inputs import layer_name
 from surgery.plan import plan_from_units
 from surgery.pruner import calibrate
-from surgery.rewrite import InPlaceError
-from surgery.selection import n_remove, select_units, units_for_positions
-from surgery.tracing import check_attention, trace
-from surgery.transaction import transaction
-from surgery.verify import checked_rewrite
+from surgery.select.selection import n_remove, select_units, units_for_positions
+from surgery.core.config import PruneConfig
+from surgery.core.errors import ArgumentError, ArgumentTypeError, InPlaceError
+from surgery.groups.build import trace
+from surgery.core.transaction import transaction
+from surgery.rewrite.verify import checked_rewrite
 
 __all__ = ["Surgeon"]
 
@@ -40,20 +42,24 @@ class Surgeon:
         (48, 48, 48)
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence = (),
-                 verify: bool = True, attention: str = "dims", tracer: str = "auto") -> None:
+    def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig | None = None,
+                 **options: Any) -> None:
+        """``options`` are :class:`surgery.PruneConfig` fields; a Surgeon reads those that say how
+        to trace and check (``leaf_modules``, ``ignored_layers``, ``attention``, ``tracer``,
+        ``verify``). It always edits ``model`` itself."""
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model, self.example_inputs, self.leaf_modules = model, example_inputs, tuple(leaf_modules)
-        self.attention, self.tracer = check_attention(attention), tracer
-        self.verify, self.verification = verify, None
+            raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        PruneConfig.check_names(options)
+        self.config = replace(config or PruneConfig(), **options)
+        self.model, self.example_inputs, self.verification = model, example_inputs, None
         self.graph = self._trace()
 
     def _trace(self) -> ChannelGraph:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return trace(self.model, self.example_inputs, leaf_modules=self.leaf_modules,
-                         attention=self.attention, tracer=self.tracer)
+            c = self.config
+            return trace(self.model, self.example_inputs, leaf_modules=c.leaf_modules,
+                         ignored_layers=c.ignored_layers, attention=c.attention, tracer=c.tracer)
 
     def _members(self, name: str) -> list:
         return [(g, m) for g in self.graph.groups for m in g.members if m.name == name and m.role == "out"]
@@ -64,7 +70,7 @@ class Surgeon:
         name = layer_name(self.model, layer)
         found = self._members(name)
         if not found:
-            raise ValueError(f"'{name}' has no output channels the engine tracks "
+            raise ArgumentError(f"'{name}' has no output channels the engine tracks "
                              f"({type(self.graph.gm.get_submodule(name)).__name__})")
         return found[0][0] if len(found) == 1 else _merged(found)
 
@@ -91,7 +97,7 @@ class Surgeon:
 
     def _check_prunable(self, name: str, group: Group) -> None:
         if not group.prunable:
-            raise ValueError(f"the output channels of '{name}' cannot be removed: {group.reason}")
+            raise ArgumentError(f"the output channels of '{name}' cannot be removed: {group.reason}")
 
     def _units(self, name: str, idx: np.ndarray) -> np.ndarray:
         found = self._members(name)
@@ -99,7 +105,7 @@ class Surgeon:
             self.group_of(name)
         size = len(found[0][1].unit_index)
         if not len(idx) or idx[0] < 0 or idx[-1] >= size:
-            raise ValueError(f"'{name}' has {size} output channels; got indices {idx.tolist()}")
+            raise ArgumentError(f"'{name}' has {size} output channels; got indices {idx.tolist()}")
         units = []
         for group, member in found:
             mine = idx[member.unit_index[idx] >= 0]
@@ -115,7 +121,7 @@ class Surgeon:
         with transaction(self.model):
             try:
                 new, verification = checked_rewrite(self.model, self.graph, units, self.example_inputs,
-                                                    inplace=True, verify_exact=self.verify)
+                                                    inplace=True, verify_exact=self.config.verify)
             except InPlaceError as err:
                 raise InPlaceError(f"{err}. Surgeon edits your object in place: prune this layer with "
                                    f"surgery.prune(..., inplace=False) or a Pruner instead") from None
@@ -130,7 +136,7 @@ def _positions(indices: Sequence[int] | torch.Tensor) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     t = torch.as_tensor(indices)
     if t.dtype == torch.bool or t.dtype.is_floating_point or t.dim() != 1:
-        raise TypeError(f"indices must be a 1-D sequence of integer channel indices, got dtype {t.dtype} "
+        raise ArgumentTypeError(f"indices must be a 1-D sequence of integer channel indices, got dtype {t.dtype} "
                         f"and shape {tuple(t.shape)} (for a boolean mask, pass mask.nonzero().flatten())")
     return np.unique(t.numpy().astype(np.int64))
 

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from surgery.inputs import as_inputs, evaluating, flat_tensors
+from surgery.core.errors import ArgumentError
+from surgery.core.inputs import as_inputs, evaluating, flat_tensors
+from surgery.core.metrics import count_params
 
 __all__ = ["randomize", "kept_indices", "zeroed_reference", "max_error", "assert_exact"]
 
@@ -58,7 +60,7 @@ def kept_along(original: torch.Tensor, pruned: torch.Tensor) -> list:
     w, p = original.detach(), pruned.detach()
     hits = (w == p.reshape(-1)[0]).nonzero()
     if len(hits) != 1:
-        raise ValueError("weights are not unique: randomize the model in float64 first")
+        raise ArgumentError("weights are not unique: randomize the model in float64 first")
     origin = hits[0].tolist()
     kept = []
     for d in range(w.dim()):
@@ -131,10 +133,6 @@ def max_error(original: nn.Module, pruned: nn.Module, example_inputs: Any) -> fl
         return float("inf")
     scale = max(float(x.abs().max()) for x in a) or 1.0
     return max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def assert_exact(original: nn.Module, pruned: nn.Module, example_inputs: Any, *, tol: float = 1e-10,

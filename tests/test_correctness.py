@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import surgery
-from surgery.extend import HANDLERS, PerChannelHandler, per_channel, register_handler, register_module_rule
+from surgery.extend import PerChannelHandler, per_channel, registered_layer
 from surgery.metrics import count_params
 from surgery.testing import assert_exact, randomize
 
@@ -64,11 +64,8 @@ class WithScale(nn.Module):
 
 @pytest.fixture
 def wrong_handler():
-    register_module_rule(Scale)(lambda ctx, node: per_channel(ctx, node, 1))
-    register_handler(Scale)(ReversedScaleHandler)
-    yield
-    HANDLERS.pop(Scale)
-    surgery.extend.MODULE_RULES.pop(Scale)
+    with registered_layer(Scale, rule=lambda ctx, node: per_channel(ctx, node, 1), handler=ReversedScaleHandler()):
+        yield
 
 
 @pytest.mark.parametrize("inplace", [False, True])
@@ -103,8 +100,8 @@ def test_inplace_failure_of_any_kind_restores_the_model(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated failure inside the rewrite")
 
-    monkeypatch.setattr("surgery.rewrite._slice_owned", boom)
-    monkeypatch.setattr("surgery.rewrite._retie", boom)
+    monkeypatch.setattr("surgery.rewrite.rebuild._slice_owned", boom)
+    monkeypatch.setattr("surgery.rewrite.rebuild._retie", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         surgery.prune(model, X, ratio=0.5, inplace=True)
     assert _same_state(before, _state(model)) and model[0][0].out_channels == 8

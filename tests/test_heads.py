@@ -10,7 +10,7 @@ import torchvision
 from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, shifted_window_attention
 
 import surgery
-from surgery.swin_attention import window_attention
+from surgery.ops.windowed import window_attention
 from conftest import prepared
 from surgery.testing import max_error
 

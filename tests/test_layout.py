@@ -1,12 +1,19 @@
-"""The package layout: an acyclic import graph, imports at the top, a narrow namespace."""
+"""The package layout: stage folders whose imports run one way, no cycle (packages included),
+imports at the top, a narrow namespace, no deprecated names."""
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROJECT = ("surgery", "criteria", "models")
 LAZY_ON_PURPOSE = {"surgery.cli"}  # `surgery --help` must not load the engine
+# The stages, in data-flow order: a module may import from its own stage and earlier ones only.
+STAGES = ["surgery.core", "surgery.ops", "surgery.capture", "surgery.groups", "surgery.select", "surgery.rewrite",
+          "surgery.reporting", "surgery (top: the verbs)", "surgery.pipeline", "surgery.cli"]
+TOP_LIMIT = 12  # modules directly in surgery/ besides __init__ and __main__
 
 
 def _modules():
@@ -19,19 +26,36 @@ def _modules():
 def _imports(tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            yield node, [node.module]
+            yield node, [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             yield node, [a.name for a in node.names]
 
 
 def _graph():
+    known = {m for m, _ in _modules()}
     edges, local = {}, []
     for mod, tree in _modules():
         for node, names in _imports(tree):
             for n in names:
-                if n.split(".")[0] in PROJECT:
+                if n.split(".")[0] in PROJECT and n in known:
                     (local.append((mod, n)) if node.col_offset else edges.setdefault(mod, set()).add(n))
     return edges, local
+
+
+def _inside(name, package):
+    return name == package or name.startswith(package + ".")
+
+
+def _stage(module):
+    """Index in STAGES, or None for the criteria and models packages (they stand apart)."""
+    if _inside(module, "surgery.criteria") or _inside(module, "surgery.models") or module.split(".")[0] != "surgery":
+        return None
+    if module in ("surgery.cli", "surgery.__main__"):
+        return STAGES.index("surgery.cli")
+    for i, stage in enumerate(STAGES):
+        if _inside(module, stage):
+            return i
+    return STAGES.index("surgery (top: the verbs)")
 
 
 def test_project_imports_are_at_the_top_of_files():
@@ -39,17 +63,21 @@ def test_project_imports_are_at_the_top_of_files():
     assert [(m, n) for m, n in local if m not in LAZY_ON_PURPOSE] == []
 
 
-def test_import_graph_between_modules_has_no_cycle():
+def test_no_module_imports_from_a_later_stage():
     edges, _ = _graph()
-    packages = {m for m, t in _modules() if (ROOT / m.replace(".", "/") / "__init__.py").exists()}
+    bad = sorted((m, n) for m, ns in edges.items() for n in ns
+                 if _stage(m) is not None and _stage(n) is not None and _stage(n) > _stage(m))
+    assert bad == []
+
+
+def test_import_graph_has_no_cycle_packages_included():
+    edges, _ = _graph()
     state, cycles = {}, []
 
     def visit(u, stack):
         state[u] = 1
         stack.append(u)
         for v in edges.get(u, ()):
-            if v in packages:  # a package's __init__ only gathers names; its modules are the nodes
-                continue
             if state.get(v) == 1:
                 cycles.append(stack[stack.index(v):] + [v])
             elif v not in state:
@@ -63,14 +91,26 @@ def test_import_graph_between_modules_has_no_cycle():
     assert cycles == []
 
 
-def _inside(name, package):
-    return name == package or name.startswith(package + ".")
+def test_the_layout_test_sees_a_later_stage_import(tmp_path):
+    """The stage check can fail: a rewrite module imported by a core module is caught."""
+    assert _stage("surgery.rewrite.verify") > _stage("surgery.core.inputs")
+    assert _stage("surgery.pruner") > _stage("surgery.reporting.report")
+    assert _stage("surgery.pipeline.runner") > _stage("surgery.pruner")
+    assert _stage("surgery.criteria.base") is None
 
 
-def test_criteria_does_not_import_the_engine_or_the_models():
+def test_the_top_of_the_package_holds_only_the_verbs():
+    top = sorted(p.stem for p in (ROOT / "surgery").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(top) <= TOP_LIMIT, top
+    stages = {s.split(".")[1] for s in STAGES if s.startswith("surgery.") and " " not in s and s != "surgery.cli"}
+    assert stages <= {p.name for p in (ROOT / "surgery").iterdir() if (p / "__init__.py").exists()}
+
+
+def test_criteria_imports_only_criteria_and_the_error_types():
     edges, _ = _graph()
     bad = {(m, n) for m, ns in edges.items() if _inside(m, "surgery.criteria") for n in ns
-           if not _inside(n, "surgery.criteria")}
+           if not _inside(n, "surgery.criteria") and n != "surgery.core.errors" and not n.startswith("surgery.core.errors.")
+           and n not in ("surgery", "surgery.core")}
     assert bad == set()
 
 
@@ -82,8 +122,6 @@ def test_the_engine_does_not_import_the_models():
 
 
 def test_short_names_are_the_same_modules_and_cannot_be_shadowed(tmp_path):
-    import subprocess
-    import sys
     (tmp_path / "criteria.py").write_text("MINE = True\n")
     (tmp_path / "models.py").write_text("MINE = True\n")
     code = ("import surgery, torch, criteria, models\n"
@@ -101,11 +139,16 @@ def test_short_names_are_the_same_modules_and_cannot_be_shadowed(tmp_path):
     assert KMeansCriterion is surgery.criteria.kmeans.KMeansCriterion
 
 
-def test_deprecated_names_still_work_with_a_warning():
+@pytest.mark.parametrize("name", ["apply", "oracle", "remove_filters", "sparsify", "register_handler",
+                                  "register_module_rule", "handler_for"])
+def test_old_top_level_names_are_gone(name):
     import surgery
-    with pytest.warns(DeprecationWarning, match="apply_plan"):
-        assert surgery.apply is surgery.apply_plan
-    with pytest.warns(DeprecationWarning, match="surgery.testing"):
-        assert surgery.oracle is surgery.testing
-    with pytest.warns(DeprecationWarning, match="surgery.extend"):
-        assert surgery.register_handler is surgery.extend.register_handler
+    with pytest.raises(AttributeError):
+        getattr(surgery, name)
+
+
+def test_every_public_name_resolves():
+    import surgery
+    for name in surgery.__all__:
+        assert getattr(surgery, name) is not None, name
+    assert callable(surgery.trace) and callable(surgery.report)

@@ -98,7 +98,7 @@ def test_a_run_folder_holds_every_output(finished):
 
 
 def test_reports_show_the_numbers_of_metrics_json_and_have_figures(finished):
-    from surgery.report_render import fmt
+    from surgery.reporting.render import fmt
     out = finished.out
     m = json.loads((out / "metrics.json").read_text())
     page = (out / "report.html").read_text()

@@ -17,7 +17,12 @@ import torch.nn.functional as F
 
 import criteria
 import surgery
-from surgery.extend import FUNCTION_RULES, HANDLERS, METHOD_RULES, MODULE_RULES
+from surgery.extend import functions, layer_types, methods
+
+FUNCTION_RULES, METHOD_RULES = functions(), methods()
+LAYERS = layer_types()  # the layer contract battery below runs over every registered layer type
+MODULE_RULES = [k for k, v in LAYERS.items() if v.rule is not None]
+HANDLERS = {k: v.handler for k, v in LAYERS.items() if v.handler is not None}
 from surgery.metrics import count_params
 from surgery.testing import assert_exact, randomize
 
@@ -426,17 +431,47 @@ def test_get_wraps_a_criterion_object_when_asked_to_normalize():
 
 
 def test_registries_warn_on_overwrite():
-    from surgery.extend import register_handler, register_method_rule
-    from surgery.handlers import LinearHandler
+    from surgery.extend import registered_layer, registered_method
+    from surgery.ops.linear import LinearHandler
     with pytest.warns(UserWarning, match="replacing"):
         criteria.register("l1")(type("Other", (criteria.L1Norm,), {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         criteria.register("l1")(criteria.L1Norm)
-    old = METHOD_RULES["relu"]
-    with pytest.warns(UserWarning, match="replacing the channel rule"):
-        register_method_rule("relu")(lambda ctx, node: None)
-    METHOD_RULES["relu"] = old
-    with pytest.warns(UserWarning, match="replacing the handler"):
-        register_handler(nn.Linear)(type("H", (LinearHandler,), {}))
-    HANDLERS[nn.Linear] = LinearHandler()
+    old = methods()["relu"]
+    with pytest.warns(UserWarning, match="replacing the rule"), registered_method("relu", rule=lambda ctx, node: None):
+        pass
+    assert methods()["relu"] is old
+    old = layer_types()[nn.Linear]
+    with pytest.warns(UserWarning, match="replacing the handler"), \
+            registered_layer(nn.Linear, handler=type("H", (LinearHandler,), {})()):
+        pass
+    assert layer_types()[nn.Linear] == old
+
+
+def test_register_layer_checks_its_keys_and_parts():
+    from surgery.extend import register_layer
+    with pytest.raises(TypeError, match="nn.Module subclasses or qualified class names"):
+        register_layer("not a class name", rule=lambda ctx, node: None)
+    with pytest.raises(TypeError, match="nn.Module subclasses"):
+        register_layer(int, rule=lambda ctx, node: None)
+    with pytest.raises(TypeError, match="rule=..., handler=... or both"):
+        register_layer(nn.Linear)
+    with pytest.raises(TypeError, match="Handler"):
+        register_layer(nn.Linear, handler=object())
+
+
+def test_one_lookup_rule_only_for_the_registered_forward_handler_for_subclasses():
+    from surgery.extend import handler_for, lookup_layer, rule_for
+
+    class OwnForward(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class SameForward(nn.LayerNorm):
+        pass
+
+    entry, own = lookup_layer(OwnForward(4))
+    assert entry is layer_types()[nn.LayerNorm] and not own
+    assert rule_for(OwnForward(4)) is None and handler_for(OwnForward(4)) is entry.handler
+    assert rule_for(SameForward(4)) is entry.rule

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import surgery
-from surgery.model_config import _describes
+from surgery.rewrite.model_config import _describes
 from surgery.testing import max_error
 
 pytest.importorskip("transformers")

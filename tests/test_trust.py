@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 import surgery
-from surgery.architectures import UntrustedSpecError, build_stored
+from surgery.core.architectures import build_stored
+from surgery.core.errors import UntrustedSpecError
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -115,9 +116,9 @@ class TwoHeads(nn.Module):
 
 def _tampered(model, x):
     """(reference, pruned, graph, removed) with the pruned first head off by 1% of its scale."""
-    from surgery.rewrite import rewrite
-    from surgery.verify import masked_reference
-    from surgery.selection import select_units
+    from surgery.rewrite.rebuild import rewrite
+    from surgery.rewrite.verify import masked_reference
+    from surgery.select.selection import select_units
     graph = surgery.trace(model, x)
     group = next(g for g in graph.groups if g.prunable and g.size == 8)
     removed = select_units(graph, group, surgery.criteria.get("l1"), 4)
@@ -130,14 +131,16 @@ def _tampered(model, x):
 
 
 def test_a_large_second_output_does_not_hide_a_wrong_first_one():
-    from surgery.verify import VerificationError, verify
+    from surgery.core.errors import VerificationError
+    from surgery.rewrite.verify import verify
     model = TwoHeads(scale_b=1e6, norm=False).eval()
     with pytest.raises(VerificationError, match="'a'"):
         verify(*_tampered(model, X), X)
 
 
 def test_outputs_a_layernorm_does_not_feed_are_still_compared():
-    from surgery.verify import VerificationError, verify
+    from surgery.core.errors import VerificationError
+    from surgery.rewrite.verify import verify
     model = TwoHeads().eval()
     with pytest.raises(VerificationError, match="'a'"):
         verify(*_tampered(model, X), X)
@@ -413,7 +416,7 @@ def test_leaf_modules_are_black_boxes_on_the_export_front_too():
 
 
 def test_the_summary_of_many_unchecked_norms_is_short_and_the_list_complete():
-    from surgery.verify import Verification
+    from surgery.rewrite.verify import Verification
     v = Verification(exact=False, unchecked=[f"norm {i}" for i in range(25)])
     assert "norm 2" in str(v) and "norm 3" not in str(v) and "22 more" in str(v)
     assert len(v.unchecked) == 25

@@ -16,8 +16,6 @@ Example:
     >>> len(idx)
     2
 """
-import importlib
-import warnings
 
 from surgery.criteria.base import Criterion, GroupView, WeightCriterion, Wrapper, lowest
 from surgery.criteria.registry import available, get, register
@@ -38,14 +36,3 @@ __all__ = ["Criterion", "Wrapper", "GroupView", "WeightCriterion", "DataCriterio
            "available", "lowest", "Normalized", "bn_l1_penalty", "L1Norm", "L2Norm", "BNScale", "FPGM",
            "Random", "KMeansCriterion", "Taylor", "Coverage", "APoZ", "HRank", "TaylorWeight", "Fisher",
            "KTaylor", "Wanda", "ActivationNorm", "FLAP", "OCAP", "LRP"]
-
-_MOVED = {"layer_view": "base", "n_remove": "base", "CRITERIA": "registry", "lamp": "normalize",
-          "normalize_scores": "normalize", "cluster_filters": "kmeans", "kmeans_removal": "kmeans"}
-
-
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module 'criteria' has no attribute {name!r}")
-    warnings.warn(f"criteria.{name} is deprecated; use criteria.{_MOVED[name]}.{name}", DeprecationWarning,
-                  stacklevel=2)
-    return getattr(importlib.import_module(f"surgery.criteria.{_MOVED[name]}"), name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from surgery.core.errors import ArgumentError
 from surgery.criteria.base import GroupView
 from surgery.criteria.data import InputCriterion
 from surgery.criteria.registry import register
@@ -39,7 +40,7 @@ class ActivationNorm(InputCriterion):
     def __init__(self, statistic: str = "mean_square") -> None:
         super().__init__()
         if statistic not in self.STATISTICS:
-            raise ValueError(f"statistic must be one of {self.STATISTICS}, got {statistic!r}")
+            raise ArgumentError(f"statistic must be one of {self.STATISTICS}, got {statistic!r}")
         self.statistic = statistic
 
     def observe_input(self, module, x):

@@ -1,11 +1,11 @@
 """Criteria computed from activations (and their gradients) on calibration data."""
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
+from surgery.core.errors import ArgumentError
 from surgery.criteria.data import DataCriterion
 from surgery.criteria.registry import register
 
@@ -17,7 +17,7 @@ def _act(a: torch.Tensor, activation: str | None) -> torch.Tensor:
         return a
     if activation == "relu":
         return F.relu(a)
-    raise ValueError(f"activation must be 'relu' or None, got {activation!r}")
+    raise ArgumentError(f"activation must be 'relu' or None, got {activation!r}")
 
 
 @register("taylor")
@@ -54,7 +54,7 @@ class Coverage(DataCriterion):
     def __init__(self, metric: str = "combined", threshold: float = 0.0, activation: str | None = "relu") -> None:
         super().__init__()
         if metric not in self.METRICS:
-            raise ValueError(f"metric must be one of {self.METRICS}, got {metric!r}")
+            raise ArgumentError(f"metric must be one of {self.METRICS}, got {metric!r}")
         self.metric, self.threshold, self.activation = metric, threshold, activation
 
     def observe(self, module, act, raw):

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from surgery.core.errors import check_ratio, ArgumentError, ArgumentTypeError
+
 __all__ = ["GroupView", "Criterion", "Wrapper", "WeightCriterion", "layer_view", "conv_rows", "lowest", "n_remove"]
 
 
@@ -69,7 +71,7 @@ class GroupView:
         for kind in self.KINDS:
             if self._part(kind):
                 return self._part(kind)[0].shape[0]
-        raise ValueError("empty GroupView: give it at least one producer, consumer or per-channel slice")
+        raise ArgumentError("empty GroupView: give it at least one producer, consumer or per-channel slice")
 
 
 class Criterion:
@@ -113,10 +115,10 @@ class Criterion:
         view = self.view_of(target)
         scores = self.score(view)
         if scores.shape != (len(scores),) or len(scores) != view.size:
-            raise ValueError(f"{type(self).__name__} returned scores of shape {tuple(scores.shape)}; "
+            raise ArgumentError(f"{type(self).__name__} returned scores of shape {tuple(scores.shape)}; "
                              f"expected one score per channel")
         if not 0 <= n < len(scores):
-            raise ValueError(f"can remove between 0 and {len(scores) - 1} of {len(scores)} channels, not {n}")
+            raise ArgumentError(f"can remove between 0 and {len(scores) - 1} of {len(scores)} channels, not {n}")
         return torch.argsort(scores, stable=True)[:n].sort().values
 
     def prune_indices(self, target: nn.Module | GroupView | torch.Tensor, ratio: float) -> torch.Tensor:
@@ -145,7 +147,7 @@ class Wrapper(Criterion):
 
     def __init__(self, base: Criterion) -> None:
         if not isinstance(base, Criterion):
-            raise TypeError(f"{type(self).__name__} wraps a criteria.Criterion, got {type(base).__name__}")
+            raise ArgumentTypeError(f"{type(self).__name__} wraps a criteria.Criterion, got {type(base).__name__}")
         self.base = base
 
     needs_data = property(lambda self: self.base.needs_data)
@@ -177,7 +179,7 @@ def layer_view(target: nn.Module | torch.Tensor) -> GroupView:
         return GroupView(producers=[target.reshape(target.shape[0], -1)])
     weight = getattr(target, "weight", None)
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"cannot score {type(target).__name__}: it has no weight tensor; pass "
+        raise ArgumentTypeError(f"cannot score {type(target).__name__}: it has no weight tensor; pass "
                         f"a layer with a weight, a weight tensor or a criteria.GroupView")
     if isinstance(target, nn.modules.conv._ConvNd):
         kind, part = "producer", dict(producers=[conv_rows(target, "out")])
@@ -217,9 +219,9 @@ class WeightCriterion(Criterion):
 
     def __init__(self, include: str = "producers", reduce: str = "sum") -> None:
         if include not in ("producers", "all"):
-            raise ValueError(f"include must be 'producers' or 'all', got {include!r}")
+            raise ArgumentError(f"include must be 'producers' or 'all', got {include!r}")
         if reduce not in self._REDUCE:
-            raise ValueError(f"reduce must be one of {sorted(self._REDUCE)}, got {reduce!r}")
+            raise ArgumentError(f"reduce must be one of {sorted(self._REDUCE)}, got {reduce!r}")
         self.include, self.reduce = include, reduce
 
     def parts(self, view: GroupView) -> list:
@@ -227,7 +229,7 @@ class WeightCriterion(Criterion):
         if self.include == "all":
             parts = view.producers + view.consumers + view.per_channel
         if not parts:
-            raise ValueError(f"{type(self).__name__}: the group has no weights to score")
+            raise ArgumentError(f"{type(self).__name__}: the group has no weights to score")
         return parts
 
     def score_part(self, weights: torch.Tensor) -> torch.Tensor:
@@ -245,8 +247,7 @@ def _real(t: torch.Tensor) -> torch.Tensor:
 
 def n_remove(n: int, ratio: float) -> int:
     """``floor(ratio * n)``, keeping at least one channel."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}")
+    ratio = check_ratio(ratio)
     return max(0, min(int(ratio * n + 1e-9), n - 1))
 
 

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from surgery.core.errors import ArgumentError, ArgumentTypeError
+
 __all__ = ["Stats", "hooked", "run_batches", "HOOKABLE", "CHANNELS_LAST", "hookable", "channel_dim",
            "per_channel_view"]
 
@@ -141,7 +143,7 @@ def as_batches(data: Any, batch_size: int = 32) -> Iterable:
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
     if not hasattr(data, "__iter__"):
-        raise TypeError(f"data must be a DataLoader, a Dataset, a list of (inputs, targets) batches or a tensor "
+        raise ArgumentTypeError(f"data must be a DataLoader, a Dataset, a list of (inputs, targets) batches or a tensor "
                         f"batch; got {type(data).__name__}")
     return data
 
@@ -163,7 +165,7 @@ def _loss(output: Any, targets: Any, loss_fn: Callable | None) -> torch.Tensor:
     if targets is None and isinstance(own, torch.Tensor):
         return own
     if targets is None:
-        raise ValueError("gradient criteria need targets: batches of (inputs, targets), a dict batch with "
+        raise ArgumentError("gradient criteria need targets: batches of (inputs, targets), a dict batch with "
                          "labels whose output has .loss, or a forward_fn returning (output, targets)")
     return sum_cross_entropy(output, targets)
 
@@ -180,11 +182,11 @@ def run_batches(model: nn.Module, data: Iterable, *, max_batches: int | None = N
     targets, else summed cross-entropy.
     """
     if data is None:
-        raise ValueError("this criterion needs data: pass data=<DataLoader or list of (inputs, targets)>")
+        raise ArgumentError("this criterion needs data: pass data=<DataLoader or list of (inputs, targets)>")
     data = as_batches(data)
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive integer or None (all batches), got {max_batches!r}")
+        raise ArgumentError(f"max_batches must be a positive integer or None (all batches), got {max_batches!r}")
     total = max_batches if max_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     seen = 0
     for batch in tqdm(itertools.islice(data, max_batches), total=total, desc=desc, disable=None, leave=False):
@@ -204,5 +206,5 @@ def run_batches(model: nn.Module, data: Iterable, *, max_batches: int | None = N
                     after_backward()
         seen += 1
     if seen == 0:
-        raise ValueError("the calibration data yielded no batches")
+        raise ArgumentError("the calibration data yielded no batches")
     return seen

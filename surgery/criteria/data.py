@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from surgery.core.errors import ArgumentError
 from surgery.criteria.base import Criterion, GroupView
 from surgery.criteria.calibration import Stats, channel_dim, hookable, hooked, per_channel_view, run_batches
 
@@ -119,7 +120,7 @@ class DataCriterion(Criterion):
 
     def stats_of(self, module: nn.Module) -> dict | None:
         if self._stats is None:
-            raise ValueError(f"{type(self).__name__} needs data: call .calibrate(model, data) first, or "
+            raise ArgumentError(f"{type(self).__name__} needs data: call .calibrate(model, data) first, or "
                              f"pass data=... to surgery.prune")
         return self._stats.get(module)
 
@@ -133,7 +134,7 @@ class DataCriterion(Criterion):
             found = True
             total += per_unit(self.channel_scores(module, st), index, view.size)
         if not found:
-            raise ValueError(f"{type(self).__name__}: no statistics for this group's layers; were they "
+            raise ArgumentError(f"{type(self).__name__}: no statistics for this group's layers; were they "
                              f"run during calibration (same model object)?")
         return total
 
@@ -155,7 +156,7 @@ class InputCriterion(DataCriterion):
         if not isinstance(target, (nn.Linear, nn.modules.conv._ConvNd)):
             return super().view_of(target)
         if getattr(target, "groups", 1) != 1:
-            raise ValueError(f"{self.name or type(self).__name__} on a single {type(target).__name__} supports "
+            raise ArgumentError(f"{self.name or type(self).__name__} on a single {type(target).__name__} supports "
                              f"groups=1 layers; use it through surgery.prune for grouped convs")
         w = target.weight.transpose(0, 1).reshape(target.weight.shape[1], -1)
         return GroupView(consumers=[w], modules={"consumer": [target]},
@@ -164,13 +165,13 @@ class InputCriterion(DataCriterion):
     def consumer_stats(self, view: GroupView):
         """``(statistics, consumer weights [channels, k])`` of each consumer of the group."""
         if not view.consumers:
-            raise ValueError(f"{self.name} scores the channels a layer reads: give it a Linear or Conv (its "
+            raise ArgumentError(f"{self.name} scores the channels a layer reads: give it a Linear or Conv (its "
                              f"input channels) or a group with consuming layers; this one has none (its "
                              f"channels reach the model output)")
         for (module, index), weights in zip(self.sites(view), view.consumers):
             st = self.stats_of(module)
             if st is None:
-                raise ValueError(f"{self.name}: no input statistics for {type(module).__name__}; calibrate "
+                raise ArgumentError(f"{self.name}: no input statistics for {type(module).__name__}; calibrate "
                                  f"on the same model object first")
             yield {k: per_unit(v, index, view.size) if v.dim() else v for k, v in st.items()}, weights
 

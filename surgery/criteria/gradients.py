@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from surgery.core.errors import ArgumentError
 from surgery.criteria.activations import Taylor
 from surgery.criteria.data import DataCriterion, _NORMS, out_rows
 from surgery.criteria.kmeans import KMeansCriterion
@@ -27,7 +28,7 @@ class TaylorWeight(DataCriterion):
     def __init__(self, form: str = "auto") -> None:
         super().__init__()
         if form not in ("auto", "weight", "bn"):
-            raise ValueError(f"form must be 'auto', 'weight' or 'bn', got {form!r}")
+            raise ArgumentError(f"form must be 'auto', 'weight' or 'bn', got {form!r}")
         self.form = form
 
     def observe_params(self, module):
@@ -48,7 +49,7 @@ class TaylorWeight(DataCriterion):
         prods = view.layers("producer")
         if self.form == "bn" or (self.form == "auto" and norms):
             if not norms:
-                raise ValueError("taylor_weight(form='bn'): this group has no BatchNorm")
+                raise ArgumentError("taylor_weight(form='bn'): this group has no BatchNorm")
             return norms
         return prods or norms
 

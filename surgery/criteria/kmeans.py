@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from surgery.core.errors import ArgumentError
 from surgery.criteria.base import GroupView, Wrapper
 from surgery.criteria.registry import get, register
 
@@ -66,7 +67,7 @@ def _cluster(features: np.ndarray, k: int | None, pca: float | None, seed: int, 
     if pca is not None and n > 2:
         features = PCA(n_components=pca, random_state=seed).fit_transform(features)
     if k is not None and k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise ArgumentError(f"k must be at least 1, got {k}")
     if k == 1 or n < 3:
         return np.zeros(n, dtype=np.int64)
     fit = lambda kk: KMeans(n_clusters=kk, random_state=seed, n_init=10).fit_predict(features)
@@ -113,7 +114,7 @@ class KMeansCriterion(Wrapper):
         if k == "auto":
             k = None
         if not (k is None or isinstance(k, dict) or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
-            raise ValueError(f"k must be a positive int, a dict {{layer name: k}}, or 'auto' (silhouette search); got {k!r}")
+            raise ArgumentError(f"k must be a positive int, a dict {{layer name: k}}, or 'auto' (silhouette search); got {k!r}")
         self.k, self.pca, self.seed, self.max_k = k, pca, seed, max_k
         self._fell_back = False
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from surgery.criteria.calibration import HOOKABLE, Stats, channel_dim, hooked, per_channel_view, run_batches
+from surgery.criteria.calibration import Stats, channel_dim, hooked, per_channel_view, run_batches
 from surgery.criteria.data import DataCriterion, _NORMS
 from surgery.criteria.registry import register
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from surgery.core.errors import ArgumentError
 from surgery.criteria.base import GroupView, WeightCriterion
 from surgery.criteria.registry import register
 
@@ -45,7 +46,7 @@ class BNScale(WeightCriterion):
         parts = [p for p in view.per_channel if p.shape[1] == 1]
         if not parts:
             layers = ", ".join(view.names.get("producer", []) or [n for ns in view.names.values() for n in ns])
-            raise ValueError(f"bn_scale: the channels of {layers or 'this layer'} have no BatchNorm (per-channel "
+            raise ArgumentError(f"bn_scale: the channels of {layers or 'this layer'} have no BatchNorm (per-channel "
                              f"scale); use another criterion (l1) for them, or add them to ignored_layers")
         return parts
 
@@ -65,5 +66,5 @@ def bn_l1_penalty(model: nn.Module, strength: float = 1e-4) -> torch.Tensor:
     gammas = [m.weight.abs().sum() for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
     if not gammas:
-        raise ValueError("bn_l1_penalty: the model has no affine BatchNorm layers")
+        raise ArgumentError("bn_l1_penalty: the model has no affine BatchNorm layers")
     return strength * torch.stack(gammas).sum()

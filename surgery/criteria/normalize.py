@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from surgery.core.errors import ArgumentError
 from surgery.criteria.base import Criterion, GroupView, Wrapper
 
 __all__ = ["Normalized", "normalize_scores", "lamp"]
@@ -36,7 +37,7 @@ def normalize_scores(scores: torch.Tensor, method: str) -> torch.Tensor:
         return scores / scores.max().clamp_min(1e-12)
     if method == "lamp":
         return lamp(scores)
-    raise ValueError(f"normalize must be one of {METHODS}, got {method!r}")
+    raise ArgumentError(f"normalize must be one of {METHODS}, got {method!r}")
 
 
 class Normalized(Wrapper):
@@ -52,7 +53,7 @@ class Normalized(Wrapper):
 
     def __init__(self, base: Criterion, method: str = "mean") -> None:
         if method not in METHODS:
-            raise ValueError(f"normalize must be one of {METHODS}, got {method!r}")
+            raise ArgumentError(f"normalize must be one of {METHODS}, got {method!r}")
         super().__init__(base)
         self.method = method
 

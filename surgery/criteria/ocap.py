@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from surgery.core.errors import ArgumentError
 from surgery.criteria.base import GroupView
 from surgery.criteria.data import DataCriterion, per_unit
 from surgery.criteria.registry import register
@@ -35,12 +35,12 @@ class OCAP(DataCriterion):
                  threshold: float = 0.5, slope: float = 0.01, skip_first: int = 0) -> None:
         super().__init__()
         if mode not in ("union", "frequency", "target"):
-            raise ValueError(f"mode must be 'union', 'frequency' or 'target', got {mode!r}")
+            raise ArgumentError(f"mode must be 'union', 'frequency' or 'target', got {mode!r}")
         if mode == "target" and skip_first:
-            raise ValueError("ocap: skip_first applies to the data-decided modes; with mode='target' keep "
+            raise ArgumentError("ocap: skip_first applies to the data-decided modes; with mode='target' keep "
                              "those layers whole with ignored_layers")
         if not 0.0 < keep_fraction <= 1.0:
-            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+            raise ArgumentError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
         self.classes = None if classes is None else sorted(int(c) for c in classes)
         self.mode, self.keep_fraction, self.threshold = mode, keep_fraction, threshold
         self.slope, self.skip_first = slope, skip_first
@@ -55,7 +55,7 @@ class OCAP(DataCriterion):
     def observe(self, module, act, raw):
         if self.classes is not None:
             if self._targets is None:
-                raise ValueError("ocap with classes needs labelled batches (inputs, targets)")
+                raise ArgumentError("ocap with classes needs labelled batches (inputs, targets)")
             mask = torch.isin(self._targets.to(act.device), torch.tensor(self.classes, device=act.device))
             act = act[mask]
         v = F.leaky_relu(act, self.slope).norm(dim=2)  # [images, C]
@@ -100,5 +100,5 @@ class OCAP(DataCriterion):
             s = per_unit(self.channel_scores(module, st), index, view.size)
             out = s if out is None else torch.maximum(out, s)
         if out is None:
-            raise ValueError("ocap: no statistics for this group's layers; calibrate first")
+            raise ArgumentError("ocap: no statistics for this group's layers; calibrate first")
         return out

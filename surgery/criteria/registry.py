@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
+from surgery.core.errors import ArgumentError, ArgumentTypeError
 from surgery.criteria.base import Criterion
 from surgery.criteria.normalize import Normalized
 
@@ -53,16 +54,16 @@ def get(criterion: Any, **options: Any):
     if isinstance(criterion, str):
         name = canonical(criterion)
         if name not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; available: {', '.join(available())} "
+            raise ArgumentError(f"unknown criterion {criterion!r}; available: {', '.join(available())} "
                              f"(aliases: {', '.join(sorted(ALIASES))}). Register your own with "
                              f"@criteria.register(name).")
         obj = CRITERIA[name](**options)
     elif isinstance(criterion, Criterion):
         if options:
-            raise ValueError("options are only accepted with a criterion name, not an object "
+            raise ArgumentError("options are only accepted with a criterion name, not an object "
                              f"(set them when building {type(criterion).__name__})")
         obj = criterion
     else:
-        raise TypeError(f"criterion must be a name ({', '.join(available())}) or a criteria.Criterion "
+        raise ArgumentTypeError(f"criterion must be a name ({', '.join(available())}) or a criteria.Criterion "
                         f"(subclass it and implement score_group; select() comes with it); got {criterion!r}")
     return obj if normalize is None else Normalized(obj, normalize)

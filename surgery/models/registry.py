@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from surgery.core.errors import ArgumentError
+
 __all__ = ["MODELS", "register_model", "create", "available"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -34,5 +36,5 @@ def create(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         10
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+        raise ArgumentError(f"unknown model {name!r}; available: {', '.join(available())}")
     return MODELS[name](num_classes=num_classes, **kwargs)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from surgery.core.errors import ArgumentError
 from surgery.models.registry import register_model
 
-__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet56"]
+__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 
 
 class BasicBlock(nn.Module):
@@ -31,7 +32,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10) -> None:
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            raise ArgumentError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -50,13 +51,31 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def _register(depth: int) -> None:
-    def build(num_classes: int = 10) -> CifarResNet:
-        return CifarResNet(depth, num_classes)
-    build.__name__ = build.__qualname__ = f"resnet{depth}"
-    build.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016, option-B shortcuts), 32x32 or smaller inputs."
-    globals()[build.__name__] = register_model(build.__name__)(build)
+@register_model("resnet20")
+def resnet20(num_classes: int = 10) -> CifarResNet:
+    """CIFAR ResNet-20 (He et al. 2016, option-B shortcuts), 32x32 or smaller inputs."""
+    return CifarResNet(20, num_classes)
 
 
-for _depth in (20, 32, 44, 56, 110):
-    _register(_depth)
+@register_model("resnet32")
+def resnet32(num_classes: int = 10) -> CifarResNet:
+    """CIFAR ResNet-32 (He et al. 2016, option-B shortcuts), 32x32 or smaller inputs."""
+    return CifarResNet(32, num_classes)
+
+
+@register_model("resnet44")
+def resnet44(num_classes: int = 10) -> CifarResNet:
+    """CIFAR ResNet-44 (He et al. 2016, option-B shortcuts), 32x32 or smaller inputs."""
+    return CifarResNet(44, num_classes)
+
+
+@register_model("resnet56")
+def resnet56(num_classes: int = 10) -> CifarResNet:
+    """CIFAR ResNet-56 (He et al. 2016, option-B shortcuts), 32x32 or smaller inputs."""
+    return CifarResNet(56, num_classes)
+
+
+@register_model("resnet110")
+def resnet110(num_classes: int = 10) -> CifarResNet:
+    """CIFAR ResNet-110 (He et al. 2016, option-B shortcuts), 32x32 or smaller inputs."""
+    return CifarResNet(110, num_classes)

@@ -33,13 +33,25 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def _register(depth: int) -> None:
-    def build(num_classes: int = 10) -> VGG:
-        return VGG(_CFGS[depth], num_classes)
-    build.__name__ = build.__qualname__ = f"vgg{depth}_bn"
-    build.__doc__ = f"CIFAR VGG-{depth} with BatchNorm (32x32 inputs; five 2x2 max-pools)."
-    globals()[build.__name__] = register_model(build.__name__)(build)
+@register_model("vgg11_bn")
+def vgg11_bn(num_classes: int = 10) -> VGG:
+    """CIFAR VGG-11 with BatchNorm (32x32 inputs; five 2x2 max-pools)."""
+    return VGG(_CFGS[11], num_classes)
 
 
-for _depth in _CFGS:
-    _register(_depth)
+@register_model("vgg13_bn")
+def vgg13_bn(num_classes: int = 10) -> VGG:
+    """CIFAR VGG-13 with BatchNorm (32x32 inputs; five 2x2 max-pools)."""
+    return VGG(_CFGS[13], num_classes)
+
+
+@register_model("vgg16_bn")
+def vgg16_bn(num_classes: int = 10) -> VGG:
+    """CIFAR VGG-16 with BatchNorm (32x32 inputs; five 2x2 max-pools)."""
+    return VGG(_CFGS[16], num_classes)
+
+
+@register_model("vgg19_bn")
+def vgg19_bn(num_classes: int = 10) -> VGG:
+    """CIFAR VGG-19 with BatchNorm (32x32 inputs; five 2x2 max-pools)."""
+    return VGG(_CFGS[19], num_classes)

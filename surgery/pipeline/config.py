@@ -36,7 +36,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import surgery.criteria as criteria
-from surgery.budget import PruneConfig
+from surgery.core.config import PruneConfig
+from surgery.core.errors import ArgumentError
 
 __all__ = ["RunConfig", "ConfigError", "resolve", "to_yaml", "PRESETS", "keys", "check_values", "prune_config",
            "safe_yaml"]
@@ -46,7 +47,7 @@ ENV_PREFIX = "SURGERY_"
 YAML_NODE_LIMIT = 100_000  # values in a YAML document once its aliases are expanded
 
 
-class ConfigError(ValueError):
+class ConfigError(ArgumentError):
     """A bad configuration: unknown key, wrong type or value; the message names the key."""
 
 
@@ -86,28 +87,27 @@ class TrainSection:
     alpha: float = 0.5                   # weight of the distillation term
 
 
-@dataclass
-class PruneSection:
-    criterion: str = "l1"
-    criterion_options: Dict[str, Any] = field(default_factory=dict)  # e.g. {mode: target} for ocap
-    ratio: Optional[float] = None
-    target_flops: Optional[float] = None
-    target_params: Optional[float] = None
-    global_pruning: bool = False
-    normalize: str = "mean"
-    max_ratio: float = 1.0
-    min_channels: int = 1
-    round_to: Optional[int] = None
-    iterative_steps: int = 1
-    schedule: str = "linear"
-    epochs_between: int = 0              # fine-tuning epochs between iterative steps
-    ignored_layers: List[str] = field(default_factory=list)
-    max_batches: int = 8                 # calibration batches for data criteria
-    verify: bool = True
-    attention: str = "dims"              # "heads": remove whole attention heads
-    head_ratio: Optional[float] = None   # fraction of heads to remove (default: the ratio)
-    skip_blocks: List[int] = field(default_factory=lambda: [0, 0])  # first, last blocks kept whole
-    tracer: str = "auto"                 # auto, fx, export
+def _section_field(f: dataclasses.Field) -> tuple:
+    """A PruneConfig field as a prune-section field: its file type, with the budget keys unset
+    (the pipeline keeps half the FLOPs when none is given)."""
+    plain = Optional[float] if f.name in BUDGET_KEYS else f.metadata["plain"]
+    default = None if f.name in BUDGET_KEYS else (
+        f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    if isinstance(default, (tuple, list, dict)):
+        return f.name, plain, field(default_factory=lambda d=default: type(d)(d) if isinstance(d, dict) else list(d))
+    return f.name, plain, field(default=default)
+
+
+# The prune section: every PruneConfig option that a file can hold (not inplace: the pipeline
+# keeps its own copies), plus what only the pipeline uses.
+PruneSection = dataclasses.make_dataclass("PruneSection", [
+    *(_section_field(f) for f in dataclasses.fields(PruneConfig) if f.metadata["cli"] is not None),
+    ("criterion_options", Dict[str, Any], field(default_factory=dict)),  # e.g. {mode: target} for ocap
+    ("epochs_between", int, field(default=0)),  # fine-tuning epochs between iterative steps
+    ("max_batches", int, field(default=8)),  # calibration batches for data criteria
+])
+PruneSection.__module__ = __name__
+PRUNE_OPTIONS = tuple(f.name for f in dataclasses.fields(PruneConfig) if f.metadata["cli"] is not None)
 
 
 @dataclass
@@ -294,12 +294,6 @@ def check_values(cfg: RunConfig) -> RunConfig:
     """Refuse, naming the key, any value the run would fail on or silently misuse; all of
     it before the first epoch (the prune section as the pruner would check it)."""
     p, d = cfg.prune, cfg.data
-    for name in BUDGET_KEYS:
-        v = getattr(p, name)
-        if v is not None and not 0.0 <= v < 1.0 and name == "ratio":
-            raise ConfigError(f"prune.ratio must be in [0, 1) (fraction of channels removed), got {v}")
-        if v is not None and not 0.0 < v <= 1.0 and name != "ratio":
-            raise ConfigError(f"prune.{name} must be in (0, 1] (fraction kept), got {v}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
     for sec in ("train", "finetune"):
@@ -358,11 +352,8 @@ def prune_config(p: PruneSection):
     except (ValueError, TypeError, KeyError) as err:
         raise ConfigError(f"prune.criterion / prune.criterion_options: {err}") from None
     budget = {k: getattr(p, k) for k in BUDGET_KEYS if getattr(p, k) is not None} or {"target_flops": 0.5}
+    options = {k: getattr(p, k) for k in PRUNE_OPTIONS if k not in BUDGET_KEYS and k != "criterion"}
     try:
-        return PruneConfig(criterion=criterion, global_pruning=p.global_pruning, normalize=p.normalize,
-                           max_ratio=p.max_ratio, min_channels=p.min_channels, round_to=p.round_to,
-                           iterative_steps=p.iterative_steps, schedule=p.schedule, verify=p.verify,
-                           ignored_layers=tuple(p.ignored_layers), attention=p.attention, head_ratio=p.head_ratio,
-                           skip_blocks=tuple(p.skip_blocks), tracer=p.tracer, **budget).validate()
+        return PruneConfig(criterion=criterion, **options, **budget)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"prune: {err}") from None
+        raise ConfigError(f"prune.{err}") from None  # the message starts with the option's name

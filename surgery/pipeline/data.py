@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from surgery.core.errors import ArgumentError
+
 __all__ = ["Data", "load", "loader", "DATASETS"]
 
 
@@ -82,7 +84,7 @@ NAMES = ("digits", *DATASETS)
 def load(cfg, seed: int = 0) -> Data:
     """The splits described by ``cfg`` (a :class:`~surgery.pipeline.config.DataSection`)."""
     if cfg.name not in NAMES:
-        raise ValueError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(NAMES)}")
+        raise ArgumentError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(NAMES)}")
     if cfg.name == "digits":
         train_aug, train_plain, test, names, size = _digits(cfg, seed)
     else:
@@ -92,7 +94,7 @@ def load(cfg, seed: int = 0) -> Data:
     if classes is not None:
         bad = [c for c in classes if not 0 <= c < len(names)]
         if bad:
-            raise ValueError(f"data.classes {bad} are not classes of {cfg.name} (0..{len(names) - 1})")
+            raise ArgumentError(f"data.classes {bad} are not classes of {cfg.name} (0..{len(names) - 1})")
     keep_train = _indices(targets_train, classes)
     gen = torch.Generator().manual_seed(seed)
     order = keep_train[torch.randperm(len(keep_train), generator=gen).numpy()]

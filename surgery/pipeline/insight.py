@@ -21,8 +21,8 @@ import torch.nn as nn
 
 import surgery.criteria as _criteria
 from surgery.pruner import calibrate
-from surgery.selection import group_view
-from surgery.tracing import trace
+from surgery.select.selection import group_view
+from surgery.groups.build import trace
 
 __all__ = ["insight", "activations"]
 

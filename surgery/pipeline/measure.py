@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn as nn
 
-from surgery.metrics import count_flops, count_params
+from surgery.core.metrics import count_flops, count_params
 from surgery.pipeline.data import loader
 
 __all__ = ["measure", "accuracy_by_class", "latency", "size_on_disk", "channels"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from surgery.architectures import build_stored
+from surgery.core.architectures import build_stored
 from surgery.layers import keep_classes
-from surgery.report import Report, report
+from surgery.reporting.report import Report, report
 from surgery.saving import load
 
 __all__ = ["write_reports", "run_report"]

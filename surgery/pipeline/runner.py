@@ -35,12 +35,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from surgery.core.errors import ArgumentError, ArgumentTypeError
 import surgery.criteria as _criteria
 
-from surgery.architectures import build, build_function, is_function_spec
-from surgery.history import history
+from surgery.core.architectures import build, build_function, is_function_spec
+from surgery.plan import history
 from surgery.layers import keep_classes
-from surgery.metrics import count_flops
+from surgery.core.metrics import count_flops
 from surgery.pipeline import data as datasets
 from surgery.pipeline.insight import insight
 from surgery.pipeline.config import ConfigError, RunConfig, check_values, prune_config, resolve, to_yaml
@@ -103,7 +104,7 @@ def _setup(config, resume) -> tuple[RunConfig, Path]:
     elif isinstance(config, (str, os.PathLike)):
         cfg = resolve(config, env={})
     else:
-        raise TypeError(f"config must be a RunConfig, a dict, a YAML path or None, got {type(config).__name__}")
+        raise ArgumentTypeError(f"config must be a RunConfig, a dict, a YAML path or None, got {type(config).__name__}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model.name}-{cfg.data.name}")
     return cfg, Path(cfg.out or os.path.join("runs", f"{name}-{stamp}"))
@@ -167,7 +168,7 @@ class _Context:
 
     def evaluate_only(self, model_path) -> Result:
         if model_path is None:
-            raise ValueError("eval_only needs model_path=<a file written by surgery.save> (--model-path)")
+            raise ArgumentError("eval_only needs model_path=<a file written by surgery.save> (--model-path)")
         data = datasets.load(self.cfg.data, self.cfg.seed)
         model = load(model_path, self._fresh(data.num_classes)).to(self.device)
         metrics = {"pruned": self._measure(model, data), "class_names": data.class_names,

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from surgery.pipeline.config import RunConfig
 from surgery.pipeline.runner import run
-from surgery.report_plots import pyplot
+from surgery.reporting.plots import pyplot
 
 __all__ = ["sweep", "SweepResult"]
 

@@ -1,0 +1,166 @@
+"""The torch.fx front end: symbolic tracing and one forward for shapes.
+
+``symbolic_trace`` turns a model into a GraphModule, treating every module that has a
+channel rule (Conv, BatchNorm, Linear, ... and user-registered types) as a leaf, and
+explaining untraceable code (module, file, line, fix). ``propagate`` runs the graph
+once (eval mode, no grad, the user's model left exactly as it was) and stores each
+node's value summary (a ``TensorMeta`` for tensors) in ``node.meta["surgery.value"]``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgery.core.transaction import untouched
+from surgery.core.errors import ArgumentError, ArgumentTypeError, ShapeError, TraceError
+from surgery.core.frames import user_frame
+from surgery.core.inputs import as_inputs, evaluating
+from surgery.ops.context import VALUE_KEY, TensorMeta
+from surgery.ops.registry import leaf_functions, rule_for
+
+__all__ = ["symbolic_trace", "propagate", "leaf_paths"]
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_types: tuple, leaf_names: set) -> None:
+        super().__init__(autowrap_functions=leaf_functions())
+        self.proxy_buffer_attributes = True  # buffers read in forward become get_attr nodes, not constants
+        self._leaf_types, self._leaf_names = leaf_types, leaf_names
+        self.module_path: list[tuple[str, str]] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, self._leaf_types) or qualname in self._leaf_names:
+            return True
+        if rule_for(m) is not None and not isinstance(m, (nn.Sequential, nn.ModuleList)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.module_path.append((self.path_of_module(m), type(m).__name__))
+        out = super().call_module(m, forward, args, kwargs)  # on failure the path stays for the message
+        self.module_path.pop()
+        return out
+
+
+def _split_leaves(leaf_modules: Iterable, model: nn.Module) -> tuple[tuple, set]:
+    types, names = [], set()
+    by_id = {id(m): n for n, m in model.named_modules()}
+    for leaf in leaf_modules:
+        if isinstance(leaf, type) and issubclass(leaf, nn.Module):
+            types.append(leaf)
+        elif isinstance(leaf, str):
+            names.add(leaf)
+        elif isinstance(leaf, nn.Module) and id(leaf) in by_id:
+            names.add(by_id[id(leaf)])
+        else:
+            raise ArgumentTypeError(f"leaf_modules entries must be module types, module names or "
+                            f"submodules of the model; got {leaf!r}")
+    return tuple(types), names
+
+
+def leaf_paths(leaf_modules: Iterable, model: nn.Module) -> set:
+    """Names of the submodules ``leaf_modules`` designates (by type, name or instance)."""
+    types, names = _split_leaves(leaf_modules, model)
+    unknown = sorted(n for n in names if n not in dict(model.named_modules()))
+    if unknown:
+        raise ArgumentError(f"leaf_modules names {unknown} that are not submodules of {type(model).__name__}")
+    return names | {n for n, m in model.named_modules() if n and types and isinstance(m, types)}
+
+
+def symbolic_trace(model: nn.Module, leaf_modules: Iterable = ()) -> fx.GraphModule:
+    """Trace ``model`` with torch.fx; raise :class:`TraceError` with a fix on failure.
+    Attributes the forward assigns while traced (proxies) are undone."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    tracer = _Tracer(*_split_leaves(leaf_modules, model))
+    try:
+        with untouched(model):
+            graph = tracer.trace(model)
+    except Exception as err:  # fx raises TraceError, TypeError, RuntimeError, ...
+        raise TraceError(_explain(model, tracer, err)) from err
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _explain(model: nn.Module, tracer: _Tracer, err: Exception) -> str:
+    path, kind = tracer.module_path[-1] if tracer.module_path else ("", type(model).__name__)
+    where = user_frame(err)
+    where_txt = f" at {where}" if where else ""
+    module_txt = f"submodule '{path}' ({kind})" if path else f"the model's own forward ({kind})"
+    return (
+        f"torch.fx cannot trace {module_txt}{where_txt}: {type(err).__name__}: {err}\n"
+        f"Fix: pass leaf_modules=[{kind}] (or the name '{path or kind}') so this module is "
+        f"treated as a black box (its channels are then frozen unless you register a rule "
+        f"with surgery.extend.register_layer({kind}, rule=...)), or remove the data-dependent control "
+        f"flow from its forward."
+    )
+
+
+def _summary(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return TensorMeta(value.shape, value.dtype)
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        return [_summary(v) for v in value]
+    if value is None or isinstance(value, (int, float, bool, str, torch.Size, torch.dtype, torch.device)):
+        return value
+    return _Opaque(type(value).__name__)
+
+
+class _Opaque:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+class _NodeFailure(Exception):
+    """Carries a clean message past fx's own decoration of errors (fx edits ``args``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _Recorder(fx.Interpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as err:
+            try:
+                shapes = [tuple(a.shape) for a in self.args_of(n) if isinstance(a, torch.Tensor)]
+            except Exception:  # values already freed: report the error without shapes
+                shapes = "unknown"
+            raise _NodeFailure(
+                f"running node '{n.name}' ({n.op} {getattr(n.target, '__name__', n.target)}) "
+                f"on the example inputs failed with input shapes {shapes}: {err}\n"
+                "Fix: pass example_inputs with the shapes, dtypes and device that the "
+                "model's forward expects (e.g. torch.randn(1, 3, 224, 224)).") from err
+        n.meta[VALUE_KEY] = _summary(result)
+        return result
+
+    def args_of(self, n: fx.Node) -> list:
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        return list(args) + list(kwargs.values())
+
+
+def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
+    """Run ``gm`` once on the inputs and record value summaries; restores train/eval."""
+    args, kwargs = as_inputs(example_inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if kwargs:
+        unknown = sorted(set(kwargs) - {p.target for p in placeholders})
+        if unknown:
+            raise ArgumentError(f"example_inputs has keys {unknown} that the model's forward does not take; "
+                             f"its inputs are {[p.target for p in placeholders]}")
+        args = tuple(kwargs.get(p.target, p.args[0] if p.args else None) for p in placeholders)
+    elif len(args) < len(placeholders):
+        args = args + tuple(p.args[0] if p.args else None for p in placeholders[len(args):])
+    try:
+        with evaluating(gm), torch.no_grad():
+            _Recorder(gm).run(*args)
+    except _NodeFailure as err:
+        raise ShapeError(err.message) from err.__cause__

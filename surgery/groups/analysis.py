@@ -1,0 +1,132 @@
+"""Run the channel rules over a traced, shape-propagated graph."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+
+from surgery.ops.attention import head_splits
+from surgery.ops.context import AXES_KEY, RuleContext, TensorMeta, iter_vars
+from surgery.ops.registry import function_rule, method_rule, rule_for
+from surgery.ops.shape_ops import SIZE_OF, SIZE_TAKERS
+
+__all__ = ["analyse"]
+
+
+def analyse(gm: fx.GraphModule, attention: str = "dims") -> RuleContext:
+    """Annotate every node with ``node.meta["surgery.axes"]`` and collect slots/patches.
+    ``attention="heads"`` makes whole heads the units of the reshapes that feed attention."""
+    ctx = RuleContext(gm, attention=attention)
+    if attention == "heads":
+        ctx.head_splits = head_splits(gm)
+    for node in gm.graph.nodes:
+        ctx.node = node
+        node.meta[AXES_KEY] = _run(ctx, node)
+    for node in gm.graph.nodes:
+        if SIZE_OF in node.meta:
+            ctx.node = node
+            _freeze_sizes_used_as_values(ctx, node)
+    return ctx
+
+
+def _freeze_sizes_used_as_values(ctx: RuleContext, size: fx.Node) -> None:
+    """A size read at run time from a tracked dim (``x.size(1)``, ``x.numel()``, ``x.shape[-1]``)
+    changes value when channels go. Through reshape sizes it is followed (shape_ops); when it
+    reaches any other tensor (``y / x.size(1)``, ``q * x.shape[-1] ** -0.5``) the dim is frozen."""
+    src, dim = size.meta[SIZE_OF]
+    axes = ctx.axes(src) or {}
+    tracked = list(axes.values()) if dim is None else [axes[dim]] if dim in axes else []
+    if not tracked or not _reaches_a_value(ctx, size, set()):
+        return
+    for v in tracked:
+        ctx.freeze(v, f"its size is read at run time ('{size.name}') and used as a value")
+
+
+def _reaches_a_value(ctx: RuleContext, node: fx.Node, seen: set) -> bool:
+    for user in node.users:
+        if user in seen or user.op == "output" or SIZE_OF in user.meta:
+            continue  # outputs freeze on their own; other size nodes are checked themselves
+        seen.add(user)
+        if isinstance(ctx.value(user), TensorMeta):
+            if not (user.target in SIZE_TAKERS and node not in user.args[:1]):
+                return True
+        elif _reaches_a_value(ctx, user, seen):
+            return True
+    return False
+
+
+def _untracked(value: Any) -> Any:
+    if isinstance(value, TensorMeta):
+        return {}
+    if isinstance(value, list):
+        return [_untracked(v) for v in value]
+    return None
+
+
+def _run(ctx: RuleContext, node: fx.Node) -> Any:
+    if node.op == "placeholder":
+        return _untracked(ctx.value(node))
+    if node.op == "get_attr":
+        return _get_attr(ctx, node)
+    if node.op == "output":
+        ctx.freeze_all([ctx.axes(a) for a in _flat_nodes(node.args)], "reaches the model output")
+        return None
+    rule = _rule_for(ctx, node)
+    if rule is None:
+        return _unknown(ctx, node)
+    return rule(ctx, node)
+
+
+def _rule_for(ctx: RuleContext, node: fx.Node):
+    if node.op == "call_module":
+        return rule_for(ctx.gm.get_submodule(node.target))
+    if node.op == "call_method":
+        return method_rule(node.target)
+    return function_rule(node.target)
+
+
+def _flat_nodes(args: Any) -> list:
+    out: list = []
+    fx.node.map_arg(args, out.append)
+    return out
+
+
+def _unknown(ctx: RuleContext, node: fx.Node) -> Any:
+    """No rule: freeze every tracked input channel; the output is untracked."""
+    tracked = [ctx.axes(a) for a in _flat_nodes((node.args, node.kwargs))]
+    if any(True for _ in iter_vars(tracked)):
+        what = _what(ctx, node)
+        ctx.freeze_all(tracked, f"no channel rule for {what}")
+        ctx.warn(f"no channel rule for {what}; channels that reach it are frozen. "
+                 f"Register one with {_how(node)} to prune through it.")
+    return _untracked(ctx.value(node))
+
+
+def _what(ctx: RuleContext, node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module type {type(ctx.gm.get_submodule(node.target)).__name__}"
+    if node.op == "call_method":
+        return f"tensor method '.{node.target}()'"
+    return f"function {getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', node.target)}"
+
+
+def _how(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return "surgery.extend.register_layer(<type>, rule=..., handler=...)"
+    if node.op == "call_method":
+        return f"surgery.extend.register_method('{node.target}')"
+    return "surgery.extend.register_function(<function>)"
+
+
+def _get_attr(ctx: RuleContext, node: fx.Node) -> Any:
+    """A parameter or buffer read in forward: every dim of size > 1 may be sliced."""
+    shape = ctx.shape(node)
+    if shape is None:
+        return None
+    if not ctx.value(node).dtype.is_floating_point:
+        return {}  # index tables and masks: data, not channels
+    axes = {}
+    for d, n in enumerate(shape):
+        if n > 1:
+            axes[d] = ctx.add_slot(node.target, f"dim{d}", "param", ctx.fresh(n))
+    return axes

@@ -1,0 +1,83 @@
+"""Tied tensors: one parameter (or buffer) reached through several slots or owners.
+
+``couple_shared_tensors`` unifies the channels of slots that index the same tensor along
+the same dim (``head.weight = emb.weight``; ``F.linear(z, layer.weight)`` next to the
+layer itself), and freezes them where the sharing cannot be described. ``shared_owners``
+lists where each shared tensor lives, so the rewrite can keep them one object.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch.fx as fx
+import torch.nn as nn
+
+from surgery.ops.registry import handler_for
+from surgery.ops.context import Kind, RuleContext
+
+__all__ = ["couple_shared_tensors", "shared_owners"]
+
+
+def shared_owners(root: nn.Module) -> list:
+    """``[[(module name, attribute), ...], ...]`` for every tensor held under several names."""
+    where: dict = defaultdict(list)
+    holders: dict = defaultdict(set)  # id(tensor) -> ids of the modules holding it
+    for name, module in root.named_modules(remove_duplicate=False):
+        for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
+            if t is not None and (name, attr) not in where[id(t)]:
+                where[id(t)].append((name, attr))
+                holders[id(t)].add(id(module))
+    return [owners for tid, owners in where.items() if len(holders[tid]) > 1]
+
+
+def _owner(root: nn.Module, name: str) -> nn.Module:
+    return root.get_submodule(name) if name else root
+
+
+def couple_shared_tensors(ctx: RuleContext, gm: fx.GraphModule) -> None:
+    """Unify slots indexing one tensor along one dim; freeze slots of a shared tensor whose
+    layout is unknown, or whose other owners are not traced (they would come apart)."""
+    by_tensor: dict = defaultdict(list)  # id(tensor) -> [(slot, dim)]
+    unknown: dict = defaultdict(list)
+    for slot in ctx.slots.values():
+        for t, dim in _tensors_of(gm, slot):
+            (unknown if dim is None else by_tensor)[id(t)].append((slot, dim))
+    shared = {id(getattr(_owner(gm, owners[0][0]), owners[0][1])): owners for owners in shared_owners(gm)}
+    for tid, entries in by_tensor.items():
+        first: dict = {}
+        for slot, dim in entries:
+            if dim in first and len(first[dim].vars) == len(slot.vars):
+                ctx.vars.unify(first[dim].vars, slot.vars)
+            first.setdefault(dim, slot)
+        if tid in shared:
+            owners = {n for n, _ in shared[tid]}
+            for slot, dim in entries:  # every owner must follow a pruned dim, or none may prune it
+                if {_owner_name(s) for s, d in entries if d == dim} != owners:
+                    ctx.vars.freeze(slot.vars, f"'{slot.name}' shares a tensor with a layer whose channels along "
+                                               f"that dim are not tracked (tied weights)")
+    for tid, entries in unknown.items():
+        names = {slot.name for slot, _ in entries + by_tensor.get(tid, [])}
+        if tid in shared or len(names) > 1:  # several layers index it: a tie we cannot describe
+            for slot, _ in entries:
+                ctx.vars.freeze(slot.vars, f"'{slot.name}' shares a tensor (tied weights) in a layout the "
+                                           f"engine cannot follow")
+
+
+def _owner_name(slot) -> str:
+    return slot.name.rpartition(".")[0] if slot.kind == Kind.PARAM else slot.name
+
+
+def _tensors_of(gm: fx.GraphModule, slot) -> list:
+    """``[(tensor, dim or None)]`` that a slot indexes."""
+    if slot.kind == Kind.PARAM:
+        owner, _, attr = slot.name.rpartition(".")
+        return [(getattr(_owner(gm, owner), attr), slot.role.dim)]
+    module = gm.get_submodule(slot.name)
+    try:
+        dims = handler_for(module).tensor_dims(module, slot.role)
+    except TypeError:
+        dims = None
+    if dims is None:
+        return [(t, None) for t in list(module._parameters.values()) + list(module._buffers.values())
+                if t is not None]
+    return [(getattr(module, attr), d) for attr, d in dims]

@@ -1,0 +1,123 @@
+"""Rules for the core aten ops of a ``torch.export`` graph (``tracer="export"``).
+
+Most reuse the torch-level rules (their arguments are positional in the same order);
+the rest are small: ``slice``/``select``/``index`` on a dim, ``embedding``, and no-op
+bookkeeping ops (``_assert_tensor_metadata``) that must not freeze anything.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from surgery.ops import attention, functional, reductions, shape_ops
+from surgery.ops.elementwise import elementwise, passthrough
+from surgery.ops.context import RuleContext
+from surgery.ops.registry import register_function
+
+__all__ = ["ATEN_RULES", "slice_tensor", "select_int", "embedding_fn", "bookkeeping"]
+
+aten = torch.ops.aten
+
+
+def _ops(*names: str) -> list:
+    """Every overload of each named aten op that exists in this torch."""
+    out = []
+    for name in names:
+        packet = getattr(aten, name, None)
+        if packet is not None:
+            out += [getattr(packet, o) for o in packet.overloads()]
+    return out
+
+
+def bookkeeping(ctx: RuleContext, node: fx.Node):
+    """Asserts and metadata ops: they read a tensor but produce no channels."""
+    return None
+
+
+def slice_tensor(ctx: RuleContext, node: fx.Node):
+    """``aten.slice(x, dim, start, end, step)``: a tracked dim keeps the sliced variables."""
+    x = node.args[0]
+    axes, shape = dict(ctx.axes(x) or {}), ctx.shape(x)
+    dim = ctx.arg(1, "dim", 0) % len(shape)
+    start, end, step = ctx.arg(2, "start"), ctx.arg(3, "end"), ctx.arg(4, "step", 1)
+    if dim not in axes:
+        return axes
+    bounds = [b for b in (start, end) if b is not None]
+    if step != 1 or not all(isinstance(b, int) for b in bounds):
+        ctx.freeze(axes[dim], "channel slice with a step or dynamic bounds")
+        axes.pop(dim)
+        return axes
+    axes[dim] = axes[dim][slice(start, end)]
+    if len(axes[dim]) != ctx.out_shape()[dim]:
+        ctx.freeze(axes.pop(dim), "channel slice of unexpected length")
+    return axes
+
+
+def select_int(ctx: RuleContext, node: fx.Node):
+    """``aten.select(x, dim, index)``: the dim disappears (frozen if it held channels)."""
+    x = node.args[0]
+    axes, shape = ctx.axes(x) or {}, ctx.shape(x)
+    dim = ctx.arg(1, "dim") % len(shape)
+    if dim in axes:
+        ctx.freeze(axes[dim], "a single channel is selected by index")
+    return {(d if d < dim else d - 1): v for d, v in axes.items() if d != dim}
+
+
+def index_tensor(ctx: RuleContext, node: fx.Node):
+    """``aten.index(x, [idx])``: rows gathered by one integer index tensor."""
+    x, indices = node.args[0], node.args[1]
+    axes = ctx.axes(x) or {}
+    if len(indices) == 1 and isinstance(indices[0], fx.Node):
+        return shape_ops._gather_rows(ctx, axes, indices[0])
+    ctx.freeze_all(axes, "advanced indexing")
+    return {}
+
+
+def embedding_fn(ctx: RuleContext, node: fx.Node):
+    """``aten.embedding(weight[num, dim], ids)``: the output's last dim is the weight's dim 1."""
+    w = ctx.axes(node.args[0]) or {}
+    if 0 in w:
+        ctx.freeze(w[0], "embedding rows are tokens, not channels")
+    out_nd = len(ctx.out_shape())
+    return {out_nd - 1: w[1]} if 1 in w else {}
+
+
+def _softmax(ctx: RuleContext, node: fx.Node):
+    return reductions.along_dim(ctx, node)
+
+
+ATEN_RULES = {
+    shape_ops.reshape: _ops("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "flatten", "unflatten"),
+    shape_ops.permute: _ops("permute", "transpose", "t", "swapaxes", "movedim"),
+    shape_ops.expand: _ops("expand"),
+    shape_ops.cat: _ops("cat", "concat"),
+    shape_ops.stack: _ops("stack"),
+    shape_ops.split: _ops("split", "split_with_sizes"),
+    shape_ops.chunk: _ops("chunk"),
+    shape_ops.unbind: _ops("unbind"),
+    slice_tensor: _ops("slice"),
+    select_int: _ops("select"),
+    index_tensor: _ops("index"),
+    embedding_fn: _ops("embedding"),
+    elementwise: _ops("add", "sub", "rsub", "mul", "div", "maximum", "minimum", "where",
+                                  "masked_fill", "pow", "type_as", "floor_divide"),
+    passthrough: _ops(
+        "neg", "silu", "gelu", "relu", "relu6", "leaky_relu", "hardtanh", "hardswish", "hardsigmoid",
+        "sigmoid", "tanh", "exp", "rsqrt", "sqrt", "abs", "erf", "log", "sin", "cos", "mish", "elu",
+        "softplus", "clone", "contiguous", "alias", "detach", "detach_", "_to_copy", "to", "dropout",
+        "lift_fresh_copy", "clamp", "clamp_min", "clamp_max", "zeros_like", "ones_like", "full_like",
+        "empty_like", "square", "reciprocal", "tril", "triu", "max_pool2d", "avg_pool2d",
+        "adaptive_avg_pool2d", "pad", "constant_pad_nd"),
+    reductions.reduce: _ops("mean", "sum", "amax", "amin", "var", "std", "prod", "logsumexp"),
+    _softmax: _ops("softmax", "_softmax", "log_softmax", "_log_softmax"),
+    reductions.matmul: _ops("matmul", "bmm"),
+    reductions.einsum: _ops("einsum"),
+    attention.scaled_dot_product_attention: _ops("scaled_dot_product_attention"),
+    functional.linear_fn: _ops("linear"),
+    functional.layer_norm_fn: _ops("layer_norm"),
+    functional.conv_fn: _ops("conv2d", "conv1d", "conv3d"),
+    bookkeeping: _ops("_assert_tensor_metadata", "sym_size", "sym_numel", "_assert_scalar",
+                      "sym_constrain_range_for_size", "_assert_async"),
+}
+for _rule, _targets in ATEN_RULES.items():
+    register_function(*_targets)(_rule)

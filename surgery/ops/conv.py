@@ -1,0 +1,127 @@
+"""Convolutions (1-3d, transposed, grouped, depthwise): channel rule and rewrite handler.
+
+Example:
+    >>> import torch.nn as nn
+    >>> ConvHandler().prune(nn.Conv2d(8, 16, 3), keep_in=None, keep_out=[0, 2, 5]).out_channels
+    3
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgery.core.errors import ArgumentError
+from surgery.criteria.base import conv_rows
+from surgery.ops.context import RuleContext, first_input, freeze_other_dims
+from surgery.ops.handler import (Handler, _check, _clone, _index, _masks, _zero_outputs, replace_param)
+from surgery.ops.registry import register_layer
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def conv(ctx: RuleContext, node: fx.Node):
+    """groups=1: consumer + producer. Depthwise: output channels follow their input
+    channel. Other grouped convs: removal balanced across groups (unified positions)."""
+    m, name = ctx.module(), node.target
+    axes, shape = first_input(ctx, node)
+    cdim = 1 if len(shape) == m.weight.dim() else 0  # unbatched input
+    freeze_other_dims(ctx, axes, cdim)
+    g, cin, cout = m.groups, m.in_channels, m.out_channels
+    in_vars = axes.get(cdim)
+    if g > 1 and cin == g:  # depthwise, channel multiplier cout // g
+        if in_vars is None:
+            in_vars = ctx.fresh(cin)
+            ctx.freeze(in_vars, "depthwise conv reads a tensor whose channels are not tracked")
+        out = ctx.add_slot(name, "out", "producer", np.repeat(in_vars, cout // g))
+        return {cdim: out}
+    if in_vars is not None:
+        blocks = in_vars.reshape(g, cin // g)
+        for row in blocks[1:]:
+            ctx.unify(blocks[0], row)
+        ctx.add_slot(name, "in", "consumer", in_vars)
+    out = ctx.add_slot(name, "out", "producer", np.tile(ctx.fresh(cout // g), g))
+    return {cdim: out}
+
+
+
+class ConvHandler(Handler):
+    """Plain, depthwise (whole groups removed) and grouped convs (balanced removal)."""
+    replaces = ("weight", "bias")
+
+    def prune(self, module, keep_in, keep_out):
+        g, cin, cout = module.groups, module.in_channels, module.out_channels
+        for keep, n, side in ((keep_in, cin, "input"), (keep_out, cout, "output")):
+            if keep is not None:
+                _check(_index(keep, "cpu"), n, module, side)
+        im = _masks(cin, keep_in).reshape(g, -1)
+        om = _masks(cout, keep_out).reshape(g, -1)
+        if g > 1:  # a group that loses all inputs or all outputs is removed whole
+            if keep_in is None:
+                im &= om.any(1, keepdim=True)
+            if keep_out is None:
+                om &= im.any(1, keepdim=True)
+        alive = im.any(1) & om.any(1)
+        whole = bool((im.all(1) == alive).all() and (om.all(1) == alive).all())
+        if whole:
+            return self._rebuild(module, alive, im[alive][0], om[alive][0], int(alive.sum()))
+        if not (im == im[0]).all() or not (om == om[0]).all():
+            raise ArgumentError(
+                f"{type(module).__name__}(groups={g}): channel removal must either remove whole "
+                f"groups or the same positions in every group (balanced)")
+        return self._rebuild(module, torch.ones(g, dtype=torch.bool), im[0], om[0], g)
+
+    def _rebuild(self, m, alive, in_local, out_local, groups):
+        new = _clone(m)
+        transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+        m.groups
+        in_idx = _group_index(alive, in_local)
+        out_idx = _group_index(alive, out_local)
+        w = m.weight
+        if transposed:  # weight [cin, cout/g, k...]
+            w = w[in_idx.to(w.device)][:, torch.nonzero(out_local).flatten().to(w.device)]
+        else:  # weight [cout, cin/g, k...]
+            w = w[out_idx.to(w.device)][:, torch.nonzero(in_local).flatten().to(w.device)]
+        replace_param(new, "weight", w)
+        if m.bias is not None:
+            replace_param(new, "bias", m.bias[out_idx.to(m.bias.device)])
+        new.in_channels, new.out_channels, new.groups = len(in_idx), len(out_idx), groups
+        return new
+
+    def slices(self, module, role):
+        return conv_rows(module, role)
+
+    def tensor_dims(self, module, role):
+        if module.groups != 1:
+            return None
+        transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+        dim = 0 if (role == "out") != transposed else 1
+        return [("weight", dim)] + ([("bias", 0)] if role == "out" and module.bias is not None else [])
+
+    def mask(self, module, keep_in, keep_out):
+        if keep_out is not None and not isinstance(module, nn.modules.conv._ConvTransposeNd):
+            with torch.no_grad():
+                _zero_outputs(module, 0, keep_out)
+        if keep_in is None:
+            return module
+        gone = ~_masks(module.in_channels, keep_in)
+        with torch.no_grad():
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):  # [cin, cout/g, k...]
+                module.weight[gone.to(module.weight.device)] = 0
+            else:  # input channel c is column c % (cin/g) of its group's rows
+                g, per = module.groups, module.in_channels // module.groups
+                w = module.weight.view(g, module.out_channels // g, per, *module.weight.shape[2:])
+                cols = gone.reshape(g, per).to(w.device)
+                w.masked_fill_(cols[:, None, :].reshape(g, 1, per, *([1] * (w.dim() - 3))), 0)
+        return module
+
+
+def _group_index(alive: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the kept positions ``local`` inside every kept group ``alive``, group-major."""
+    n = local.numel()
+    return (torch.nonzero(alive).flatten()[:, None] * n + torch.nonzero(local).flatten()[None, :]).flatten()
+
+
+register_layer(*_CONVS, rule=conv, handler=ConvHandler())

@@ -1,0 +1,115 @@
+"""Rules for functional layers whose weights are read through ``get_attr``: what a
+traced-through custom layer (or a subclass that overrides ``forward``) calls."""
+from __future__ import annotations
+
+import numpy as np
+import torch.fx as fx
+import torch.nn.functional as F
+
+from surgery.ops.context import RuleContext
+from surgery.ops.elementwise import broadcast_axes
+from surgery.ops.registry import register_function
+
+__all__ = ["layer_norm_fn", "linear_fn", "conv_fn", "batch_norm_fn"]
+
+
+def _operand(ctx: RuleContext, arg):
+    shape = ctx.shape(arg)
+    return None if shape is None else (ctx.axes(arg) or {}, shape)
+
+
+def layer_norm_fn(ctx: RuleContext, node: fx.Node):
+    """F.layer_norm(x, shape, weight, bias): per-channel over one trailing dim."""
+    x, shape = _operand(ctx, node.args[0])
+    k = len(ctx.value(ctx.arg(1, "normalized_shape")))  # a literal, or a size computed at run time
+    params = [p for p in (_operand(ctx, ctx.arg(2, "weight")), _operand(ctx, ctx.arg(3, "bias"))) if p]
+    if k > 1:
+        for axes, _ in [(x, shape)] + params:
+            ctx.freeze_all([{d: v for d, v in axes.items()}], "layer_norm over several dims")
+        return {d: v for d, v in x.items() if d < len(shape) - k}
+    out = broadcast_axes(ctx, [(x, shape)] + params, ctx.out_shape())
+    last = out.get(len(shape) - 1)
+    if last is not None:
+        ctx.mark_norm(last, "F.layer_norm")
+        _patch_normalized_shape(ctx, node, last)
+    return out
+
+
+def _patch_normalized_shape(ctx: RuleContext, node: fx.Node, last: np.ndarray) -> None:
+    """The literal ``normalized_shape`` follows the kept channels; a computed one freezes them."""
+    literal = ctx.arg(1, "normalized_shape")
+    path = ("args", 1) if len(node.args) > 1 else ("kwargs", "normalized_shape")
+    if isinstance(literal, (tuple, list)) and all(isinstance(n, int) for n in literal):
+        ctx.add_patch(path + (0,), last)
+    elif isinstance(literal, int):
+        ctx.add_patch(path, last)
+    else:
+        ctx.freeze(last, "layer_norm's normalized_shape is computed at run time")
+
+
+def linear_fn(ctx: RuleContext, node: fx.Node):
+    """F.linear(x, weight[out, in], bias[out])."""
+    x, shape = _operand(ctx, node.args[0])
+    w = _operand(ctx, ctx.arg(1, "weight"))
+    b = _operand(ctx, ctx.arg(2, "bias"))
+    last = len(shape) - 1
+    w_axes = w[0] if w else {}
+    if last in x and 1 in w_axes:
+        ctx.unify(x[last], w_axes[1])
+    elif last in x or 1 in w_axes:
+        ctx.freeze_all([{0: x.get(last)} if last in x else {}, {1: w_axes.get(1)} if 1 in w_axes else {}],
+                       "linear with an untracked operand")
+    out = {d: v for d, v in x.items() if d != last}
+    if 0 in w_axes:
+        out[last] = w_axes[0]
+        if b and 0 in b[0]:
+            ctx.unify(w_axes[0], b[0][0])
+    return out
+
+
+def conv_fn(ctx: RuleContext, node: fx.Node):
+    """F.conv*d(x, weight[out, in/g, ...], bias, ..., groups): groups=1 only; else frozen."""
+    x, shape = _operand(ctx, node.args[0])
+    w = _operand(ctx, ctx.arg(1, "weight"))
+    groups = ctx.arg(6, "groups", 1)
+    w_axes = w[0] if w else {}
+    if groups != 1 or not w:
+        ctx.freeze_all([x, w_axes], "functional grouped conv")
+        return {}
+    out = linear_fn_like(ctx, x.get(1), w_axes)
+    b = _operand(ctx, ctx.arg(2, "bias"))
+    if b and 0 in b[0] and 0 in w_axes:
+        ctx.unify(w_axes[0], b[0][0])
+    for d, v in x.items():
+        if d != 1:
+            ctx.freeze(v, "conv over a channel dim")
+    return out
+
+
+def linear_fn_like(ctx: RuleContext, in_vars, w_axes: dict) -> dict:
+    if in_vars is not None and 1 in w_axes:
+        ctx.unify(in_vars, w_axes[1])
+    elif in_vars is not None or 1 in w_axes:
+        ctx.freeze(in_vars if in_vars is not None else w_axes[1], "conv with an untracked operand")
+    return {1: w_axes[0]} if 0 in w_axes else {}
+
+
+def batch_norm_fn(ctx: RuleContext, node: fx.Node):
+    """F.batch_norm / F.instance_norm(x, mean, var, weight, bias): per-channel on dim 1."""
+    x, shape = _operand(ctx, node.args[0])
+    out = dict(x)
+    names = ("running_mean", "running_var", "weight", "bias")  # positional or keyword (timm's norm-act)
+    for arg in (ctx.arg(i, name) for i, name in enumerate(names, start=1)):
+        p = _operand(ctx, arg)
+        if p and 0 in p[0]:
+            if 1 in x:
+                ctx.unify(x[1], p[0][0])
+            else:
+                ctx.freeze(p[0][0], "per-channel statistics of an untracked tensor")
+    return out
+
+
+register_function(F.layer_norm)(layer_norm_fn)
+register_function(F.linear)(linear_fn)
+register_function(F.conv1d, F.conv2d, F.conv3d)(conv_fn)
+register_function(F.batch_norm)(batch_norm_fn)

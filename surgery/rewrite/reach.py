@@ -1,0 +1,59 @@
+"""What a set of nodes of a traced graph reaches: which of the model's outputs, which layers.
+
+Verification uses it to compare exactly every output that no inexact normalisation feeds,
+instead of giving up on the whole model when one LayerNorm sees removed channels.
+
+Example:
+    >>> import torch, torch.nn as nn, torch.fx as fx
+    >>> class Two(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.a, self.b, self.norm = nn.Linear(4, 4), nn.Linear(4, 4), nn.LayerNorm(4)
+    ...     def forward(self, x):
+    ...         return self.a(x), self.norm(self.b(x))
+    >>> gm = fx.symbolic_trace(Two())
+    >>> reached_outputs(gm, {"norm"}, lambda n: 1)
+    [False, True]
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.fx as fx
+
+__all__ = ["downstream", "reached_outputs", "flat_output_nodes"]
+
+
+def downstream(gm: fx.GraphModule, sources: set) -> set:
+    """Names of the nodes that depend on any node named in ``sources`` (themselves included)."""
+    reached: set = set()
+    for node in gm.graph.nodes:  # topological order: a node's inputs come before it
+        if node.name in sources or any(a.name in reached for a in node.all_input_nodes):
+            reached.add(node.name)
+    return reached
+
+
+def flat_output_nodes(gm: fx.GraphModule, tensors_of: Callable[[fx.Node], int]) -> list:
+    """The node behind each tensor of the model's flattened output (the order of
+    :func:`surgery.core.inputs.flat_tensors`); ``tensors_of(node)`` is how many tensors a node yields."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    flat: list = []
+
+    def walk(arg) -> None:
+        if isinstance(arg, fx.Node):
+            flat.extend([arg] * tensors_of(arg))
+        elif isinstance(arg, dict):
+            for v in arg.values():
+                walk(v)
+        elif isinstance(arg, (list, tuple)):
+            for v in arg:
+                walk(v)
+
+    walk(out.args[0])
+    return flat
+
+
+def reached_outputs(gm: fx.GraphModule, sources: set, tensors_of: Callable[[fx.Node], int]) -> list:
+    """For each tensor of the flattened output, whether it depends on a node in ``sources``."""
+    reached = downstream(gm, sources)
+    return [n.name in reached for n in flat_output_nodes(gm, tensors_of)]

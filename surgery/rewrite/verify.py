@@ -1,0 +1,441 @@
+"""Verification: is the rewritten model the original with the removed channels masked?
+
+The reference is built from the engine's own plan, not from the rewritten weights: a
+copy of the original in which every layer ignores the removed channels
+(:meth:`surgery.extend.Handler.mask`: zeroed input columns of convs and linears, zeroed
+rows of raw parameters). Removing channels is exactly that, so the outputs must agree
+to float tolerance. They run in float64 when the two copies fit in ``FLOAT64_LIMIT``
+bytes, else in the model's dtype with a looser tolerance.
+
+Each output is compared on its own scale. Normalisations over channels (LayerNorm,
+GroupNorm with one group, ``F.layer_norm``) see the removed channels in the original, so an
+output that such a norm feeds cannot be checked exactly: its shape is checked, every other
+output is compared, and :class:`Verification` lists the norms. When a module's code reads
+``self.training``, the model is compared in train mode too (:mod:`surgery.rewrite.train_check`).
+Empty example inputs are refused: they would compare nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from surgery.groups.graph import ChannelGraph, Group, Kind
+from surgery.ops.handler import Handler
+from surgery.ops.registry import handler_for
+from surgery.core.inputs import as_inputs, check_not_empty, flat_tensors, run_eval, tensor_at
+from surgery.rewrite.reach import downstream, reached_outputs
+from surgery.rewrite.rebuild import keep_indices, rewrite
+from surgery.core.transaction import transaction
+from surgery.ops.context import VALUE_KEY, TensorMeta
+from surgery.rewrite.train_check import branches_on_training, train_forward
+from surgery.core.errors import VerificationError
+
+__all__ = ["Verification", "masked_reference", "verify", "checked_rewrite",
+           "check_output_shapes", "FLOAT64_LIMIT"]
+
+FLOAT64_LIMIT = 2 * 1024 ** 3  # bytes of float64 weights for the reference and the pruned copy together
+_TOL = {torch.float64: 1e-7, torch.float32: 2e-3}
+
+
+
+@dataclass
+class Verification:
+    """What verification checked: ``exact`` (every output compared with the masked reference,
+    to ``max_error`` relative to each output's scale, in ``dtype``); otherwise ``max_error``
+    covers the outputs in ``compared`` (None: only shapes were checked) and ``unchecked``
+    says why the rest were not. ``train`` says what was checked in train mode."""
+    exact: bool
+    max_error: float | None = None
+    dtype: str = ""
+    unchecked: list = field(default_factory=list)
+    compared: str = ""
+    train: str = ""
+
+    def __str__(self) -> str:
+        train = f"; {self.train}" if self.train else ""
+        if self.exact:
+            return (f"verified: pruned == masked original (max relative error {self.max_error:.2e}, "
+                    f"{self.dtype}){train}")
+        if self.max_error is not None:
+            return (f"partly verified: {self.compared} equal the masked original (max relative error "
+                    f"{self.max_error:.2e}, {self.dtype}); the others' shapes only: "
+                    + self._reasons() + train)
+        return "output shapes verified; outputs not compared: " + self._reasons() + train
+
+    def _reasons(self, shown: int = 3) -> str:
+        """The first reasons in ``unchecked``, with a count of the rest (all are in the list)."""
+        rest = len(self.unchecked) - shown
+        more = f"; and {rest} more (see .unchecked)" if rest > 0 else ""
+        return "; ".join(self.unchecked[:shown]) + more
+
+
+def crossed_norms(graph: ChannelGraph, removed: np.ndarray) -> list:
+    """Descriptions of channel normalisations that see removed channels."""
+    return [what for what, _ in _crossed(graph, removed)]
+
+
+def _crossed(graph: ChannelGraph, removed: np.ndarray) -> list:
+    """(description, node name) of each channel normalisation that sees removed channels."""
+    gone = graph.removed_mask(removed)
+    return [(what, node) for what, vars_, node in graph.norms if gone[graph.roots[vars_]].any()]
+
+
+def inexact_outputs(graph: ChannelGraph, removed: np.ndarray) -> list:
+    """For each tensor of the traced output (flattened), whether a crossed norm feeds it."""
+    nodes = {node for _, node in _crossed(graph, removed)}
+    return reached_outputs(graph.gm, nodes, _tensor_count) if nodes else \
+        [False] * len(reached_outputs(graph.gm, set(), _tensor_count))
+
+
+def _tensor_count(node: fx.Node) -> int:
+    def count(v) -> int:
+        if isinstance(v, (TensorMeta, torch.Tensor)):
+            return 1
+        return sum(count(x) for x in v) if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size) else 0
+    return count(node.meta.get(VALUE_KEY))
+
+
+def masked_reference(model: nn.Module, graph: ChannelGraph, removed: np.ndarray,
+                     dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of ``model`` (in ``dtype``) whose layers ignore the ``removed`` units."""
+    ref = copy.deepcopy(model)
+    if dtype is not None:
+        ref.to(dtype)
+    kinds = {(s.name, s.role): s.kind for s in graph.slots}
+    by_layer: dict = {}
+    for (name, role), keep in keep_indices(graph, removed).items():
+        if kinds[(name, role)] == Kind.PARAM:
+            _zero_param(ref, name, role.dim, keep)
+        else:
+            by_layer.setdefault(name, {})[str(role)] = keep
+    for name, roles in by_layer.items():
+        module = ref.get_submodule(name)
+        handler_for(module).mask(module, roles.get("in"), roles.get("out"))
+    return ref
+
+
+def _zero_param(root: nn.Module, name: str, dim: int, keep: np.ndarray) -> None:
+    t = tensor_at(root, name)
+    gone = torch.ones(t.shape[dim], dtype=torch.bool)
+    gone[torch.as_tensor(keep, dtype=torch.long)] = False
+    with torch.no_grad():
+        t.index_fill_(dim, torch.nonzero(gone).flatten().to(t.device), 0)
+
+
+def reference_dtype(model: nn.Module) -> torch.dtype:
+    """float64 when two float64 copies of the weights fit in FLOAT64_LIMIT, else the model's."""
+    n = sum(t.numel() for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point())
+    if 2 * 8 * n <= FLOAT64_LIMIT:
+        return torch.float64
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return first.dtype if first is not None else torch.float32
+
+
+def verify(reference: nn.Module, pruned: nn.Module, graph: ChannelGraph, removed: np.ndarray,
+           example_inputs: Any) -> Verification:
+    """Compare ``pruned`` with the masked ``reference`` on the example inputs, each output on
+    its own scale (outputs fed by a crossed norm: shapes only), in eval mode and, when the
+    model's code reads ``self.training``, in train mode too; raise :class:`VerificationError`
+    naming the first diverging layer on a mismatch."""
+    check_not_empty(example_inputs)
+    crossed = _crossed(graph, removed)
+    dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()), torch.float32)
+    inputs = _cast(example_inputs, dtype)
+    tol = _TOL.get(dtype, 5e-2)
+    with cast_temporarily(pruned, dtype):
+        ref_out, out = flat_tensors(run_eval(reference, inputs)), flat_tensors(run_eval(pruned, inputs))
+        inexact = inexact_outputs(graph, removed)
+        if len(inexact) != len(ref_out):  # the model ran another branch than the one traced
+            inexact = [bool(crossed)] * len(ref_out)
+        compare = [i for i, bad in enumerate(inexact) if not bad]
+        _check_something_compared(ref_out, compare)
+        error = _relative_error(ref_out, out, compare)
+        if not error <= tol:
+            check_output_shapes(graph, pruned, inputs)  # a shape change gets its own message
+            skip = _modules_after(graph, crossed)
+            where = first_divergence(reference, pruned, inputs, tol, keep_indices(graph, removed), skip)
+            raise VerificationError(_message(error, tol, dtype, where, graph, removed) + _mask_hint(reference, where))
+        if type(pruned) is type(reference):
+            train = _train_mode(reference, pruned, inputs, tol, compare=not crossed)
+        else:  # a patched GraphModule: its forward keeps the branches of `self.training` that were traced
+            train = _train_mode(None, pruned, inputs, tol, compare=False)
+            train += " (a GraphModule: `if self.training` branches as traced)" if train else ""
+    kind = str(dtype).replace("torch.", "")
+    if len(compare) == len(ref_out):
+        return Verification(exact=True, max_error=error, dtype=kind, train=train)
+    unchecked = [what for what, _ in crossed]
+    if not compare:
+        return Verification(exact=False, unchecked=unchecked, train=train)
+    return Verification(exact=False, max_error=error, dtype=kind, unchecked=unchecked,
+                        compared=f"outputs {compare} of {len(ref_out)}", train=train)
+
+
+def _check_something_compared(ref_out: list, compare: list) -> None:
+    if compare and not any(ref_out[i].numel() for i in compare):
+        raise VerificationError("the model's outputs on example_inputs are empty, so verification would "
+                                "compare nothing; the model was left as it was. Give example inputs with at "
+                                "least one sample that yields output")
+
+
+def _modules_after(graph: ChannelGraph, crossed: list) -> set:
+    """Layers a crossed norm feeds: they differ by design, never the ones to blame."""
+    reached = downstream(graph.gm, {node for _, node in crossed}) if crossed else set()
+    return {n.target for n in graph.gm.graph.nodes if n.op == "call_module" and n.name in reached}
+
+
+def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol: float, compare: bool) -> str:
+    """Train-mode check for models whose code reads ``self.training``: the pruned model must
+    run and (``compare``, with a ``reference``) equal the masked reference; '' when not needed."""
+    if not branches_on_training(reference if reference is not None else pruned):
+        return ""
+    ref_out = None
+    if reference is not None:
+        try:
+            with train_forward(reference) as run:
+                ref_out = flat_tensors(run(inputs))
+        except Exception as err:
+            return f"train mode not checked (the original fails in train mode on the example inputs: " \
+                   f"{type(err).__name__})"
+    try:
+        with train_forward(pruned) as run:
+            out = flat_tensors(run(inputs))
+    except Exception as err:
+        raise VerificationError(
+            f"in train mode (the model's code reads self.training) the pruned model fails on the example inputs "
+            f"({type(err).__name__}: {err}); the model was left as it was. A branch taken only in training "
+            f"uses layers the trace did not see: trace the model in train mode (model.train()), or keep "
+            f"those layers with ignored_layers") from err
+    if ref_out is None:
+        return "train mode: runs"
+    error = _relative_error(ref_out, out, list(range(len(ref_out))) if compare else [])
+    if not error <= tol:
+        raise VerificationError(
+            f"in train mode (the model's code reads self.training) the pruned model differs from the original "
+            f"with the removed channels masked by {error:.3g} (relative; tolerance {tol:g}); the model was left "
+            f"as it was. A branch taken only in training uses channels the trace did not see: trace the model "
+            f"in train mode (model.train()), or keep those layers with ignored_layers")
+    return "train mode compared too" if compare else "train mode: shapes"
+
+
+@contextlib.contextmanager
+def cast_temporarily(model: nn.Module, dtype: torch.dtype):
+    """Floating parameters and buffers in ``dtype`` inside the block, then each back to its own
+    dtype (float32 -> float64 -> float32 is exact, so the model comes back bit for bit)."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    saved = [(t, t.data) for t in tensors]
+    try:
+        for t in tensors:
+            t.data = t.data.to(dtype)
+        yield model
+    finally:
+        for t, data in saved:
+            t.data = data
+
+
+def _cast(example_inputs: Any, dtype: torch.dtype) -> Any:
+    cast = (lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
+    args, kwargs = as_inputs(example_inputs)
+    return {k: cast(v) for k, v in kwargs.items()} if kwargs else tuple(cast(a) for a in args)
+
+
+def _relative_error(xs: list, ys: list, compare: list) -> float:
+    """Largest difference of the outputs in ``compare``, each relative to its own largest
+    value; inf when the outputs' number, shapes, NaNs or integer values differ."""
+    if len(xs) != len(ys) or any(x.shape != y.shape for x, y in zip(xs, ys)):
+        return float("inf")
+    error = 0.0
+    for i in compare:
+        x, y = xs[i], ys[i]
+        if not x.is_floating_point():
+            if not torch.equal(x, y):
+                return float("inf")
+            continue
+        if not x.numel():
+            continue
+        if bool(torch.isnan(x).ne(torch.isnan(y)).any()):
+            return float("inf")
+        x, y = torch.nan_to_num(x, nan=0.0), torch.nan_to_num(y, nan=0.0)
+        scale = float(x.abs().max()) or 1.0
+        error = max(error, float((x - y).abs().max()) / scale)
+    return error
+
+
+def first_divergence(reference: nn.Module, pruned: nn.Module, inputs: Any, tol: float,
+                     keeps: dict | None = None, skip: set = frozenset()) -> str | None:
+    """The first module (in execution order, not in ``skip``) whose output differs on the
+    channels it kept."""
+    seen: list = []
+
+    def recorder(store: dict, name: str):
+        def hook(module, args, output):
+            if name not in store:
+                store[name] = [t.detach() for t in flat_tensors(output)]
+                if store is ref_out:
+                    seen.append(name)
+        return hook
+
+    ref_out, new_out = {}, {}
+    handles = [m.register_forward_hook(recorder(ref_out, n)) for n, m in reference.named_modules() if n]
+    handles += [m.register_forward_hook(recorder(new_out, n)) for n, m in pruned.named_modules() if n]
+    try:
+        run_eval(reference, inputs)
+        run_eval(pruned, inputs)
+    except Exception:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    for name in seen:
+        if name in new_out and name not in skip and _diverges(ref_out[name], new_out[name], (keeps or {}).get((name, "out")), tol):
+            return name
+    return None
+
+
+def _diverges(ref: list, new: list, keep: np.ndarray | None, tol: float) -> bool:
+    for a, b in zip(ref, new):
+        if not (a.is_floating_point() and b.is_floating_point()):
+            continue
+        if a.shape != b.shape:
+            a = _kept_view(a, b, keep)
+            if a is None:
+                continue  # cannot align: not the place to blame
+        scale = float(a.abs().max()) if a.numel() else 1.0
+        if a.numel() and float((a - b).abs().max()) > tol * max(scale, 1e-12):
+            return True
+    return False
+
+
+def _kept_view(a: torch.Tensor, b: torch.Tensor, keep: np.ndarray | None) -> torch.Tensor | None:
+    """``a`` restricted to the kept channels along the one dim where ``a`` and ``b`` differ."""
+    dims = [d for d in range(a.dim()) if a.dim() == b.dim() and a.shape[d] != b.shape[d]]
+    if keep is None or len(dims) != 1 or len(keep) != b.shape[dims[0]]:
+        return None
+    return a.index_select(dims[0], torch.as_tensor(keep, dtype=torch.long, device=a.device))
+
+
+def _message(error: float, tol: float, dtype, where: str | None, graph: ChannelGraph, removed) -> str:
+    group = _group_of_layer(graph, where, removed) if where else None
+    place = f"the first layer whose output diverges is '{where}'" if where else "no single layer could be blamed"
+    if group is not None:
+        place += f" (group {group.index}: {', '.join(sorted({m.name for m in group.members}))[:200]})"
+    return (f"the pruned model differs from the original with the removed channels masked by {error:.3g} "
+            f"(relative; tolerance {tol:g} in {str(dtype).replace('torch.', '')}); {place}. The model was left "
+            f"as it was. This is a bug in a channel rule or handler: please report it with the model. "
+            f"Meanwhile add that layer to ignored_layers, or pass verify=False at your own risk.")
+
+
+def _mask_hint(reference: nn.Module, where: str | None) -> str:
+    if not where:
+        return ""
+    try:
+        handler = handler_for(reference.get_submodule(where))
+    except (TypeError, AttributeError):
+        return ""
+    if type(handler).mask is Handler.mask and type(handler).__module__ != "surgery.ops.handler":
+        return (f" Note: {type(handler).__name__} (your handler for '{where}') has no mask(); if that layer "
+                f"mixes channels, implement mask(module, keep_in, keep_out) so verification can model it.")
+    return ""
+
+
+def _group_of_layer(graph: ChannelGraph, name: str, removed) -> Group | None:
+    gone = set(np.asarray(removed).tolist())
+    for g in graph.groups:
+        if any(m.name == name for m in g.members) and gone & set(g.units.tolist()):
+            return g
+    return next((g for g in graph.groups if any(m.name == name for m in g.members)), None)
+
+
+def check_output_shapes(graph: ChannelGraph, pruned: nn.Module, example_inputs: Any) -> None:
+    """Run ``pruned`` on the example inputs; output shapes must equal the traced ones."""
+    out = run_eval(pruned, example_inputs)
+    expected = [n for n in graph.gm.graph.nodes if n.op == "output"][0]
+    want = _shapes(expected.args[0], lambda n: getattr(n.meta.get(VALUE_KEY), "shape", None)
+                   if isinstance(n, fx.Node) else None)
+    got = _shapes(out, lambda t: t.shape if isinstance(t, torch.Tensor) else None)
+    if graph.front == "export":  # the exported graph returns the output's tensors, flat
+        got = [t.shape for t in flat_tensors(out)]
+    if want != got:
+        raise VerificationError(f"the pruned model's output shapes {got} differ from the original {want}; "
+                                f"the model was left as it was. Please report this model.")
+
+
+def _shapes(obj: Any, leaf) -> Any:
+    if isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        return [_shapes(o, leaf) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _shapes(v, leaf) for k, v in obj.items()}
+    v = leaf(obj)
+    return tuple(v) if isinstance(v, torch.Size) else None
+
+
+def warn_norms(norms: list) -> None:
+    """Say once per call which normalisations over channels make the rewrite inexact."""
+    if norms:
+        warnings.warn(f"pruning through normalisations over channels ({'; '.join(norms[:3])}"
+                      f"{' ...' if len(norms) > 3 else ''}): their statistics change, so the pruned model is "
+                      f"not exactly the masked original and verification checks shapes only. Fine-tune after "
+                      f"pruning, or keep those channels with ignored_layers.", stacklevel=4)
+
+
+def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, example_inputs: Any, *,
+                    inplace: bool, verify_exact: bool = True, new_object_ok: bool = False
+                    ) -> tuple[nn.Module, Verification]:
+    """Rewrite, then verify (exactly, or shapes only with ``verify_exact=False``); all or
+    nothing: with ``inplace`` the model is restored on any error, and without it the
+    user's model is never touched. ``inplace`` without ``new_object_ok`` returns the model
+    object itself or raises :class:`surgery.rewrite.rebuild.InPlaceError`."""
+    check_not_empty(example_inputs)
+    norms = crossed_norms(graph, removed)
+    warn_norms(norms)
+    reference = None
+    if verify_exact and len(removed) and not all(inexact_outputs(graph, removed) or [True]):
+        reference = masked_reference(model, graph, removed, reference_dtype(model))
+    skipped = ["nothing was removed"] if not len(removed) else \
+        [f"not exact by design, a normalisation over channels sees removed ones: {n}" for n in norms] \
+        if verify_exact else ["verify=False"]
+    with transaction(model) if inplace else contextlib.nullcontext():
+        new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok)
+        try:
+            if reference is not None:
+                result = verify(reference, new, graph, removed, example_inputs)
+            else:
+                check_output_shapes(graph, new, example_inputs)
+                train = _train_mode(None, new, example_inputs, 0.0, False) if verify_exact and len(removed) else ""
+                result = Verification(exact=False, unchecked=skipped, train=train)
+        except VerificationError:
+            raise
+        except Exception as err:  # the rewritten model does not even run
+            where = _failing_module(new, example_inputs)
+            fix = (f"keep the channels of '{where}' with ignored_layers=['{where}']" if where else
+                   "keep the layers whose channels this step removes with ignored_layers")
+            raise VerificationError(f"the pruned model fails on the example inputs"
+                                    f"{f' in module {where!r}' if where else ''} ({type(err).__name__}: {err}); "
+                                    f"the model was left as it was. Please report this model; meanwhile {fix}.") from err
+    object.__setattr__(new, "surgery_verification", result)
+    return new, result
+
+
+def _failing_module(model: nn.Module, example_inputs: Any) -> str:
+    """The qualified name of the innermost module whose forward raises on the inputs ("" when
+    none does, or when the model's own forward fails outside its submodules)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    open_: list = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: open_.append(names.get(id(mod), "")))
+             for m in model.modules()]
+    hooks += [m.register_forward_hook(lambda mod, args, out: open_.pop()) for m in model.modules()]
+    try:
+        run_eval(model, example_inputs)
+    except Exception:
+        return open_[-1] if open_ else ""
+    finally:
+        for h in hooks:
+            h.remove()
+    return ""

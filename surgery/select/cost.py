@@ -1,0 +1,69 @@
+"""Analytic cost of a selection: FLOPs (or parameters) after removing units, without
+rewriting the model. Used by target-FLOPs/params searches; the final model is still
+measured with fvcore / counted exactly.
+
+Each leaf module's cost (fvcore by module, counted once on the original) scales by the kept
+fraction of every channel dimension the graph tracks for it (a conv's outputs and inputs,
+a BatchNorm's channels; a depthwise conv has one tracked dimension). Cost that fvcore
+attributes to no leaf module (functional ops in ``forward``) is kept constant, so the
+estimate errs towards keeping too much; :meth:`CostModel.correct` re-targets from one real
+measurement.
+
+Example:
+    >>> import numpy as np, torch, surgery
+    >>> from surgery.models import create
+    >>> m, x = create("resnet20"), torch.randn(1, 3, 32, 32)
+    >>> g = surgery.trace(m, x)
+    >>> cost = CostModel(m, g, x)
+    >>> cost.kept(np.array([], dtype=np.int64))
+    1.0
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+
+from surgery.core.errors import ArgumentError
+from surgery.groups.graph import ChannelGraph
+from surgery.core.metrics import flops_by_module
+
+__all__ = ["CostModel"]
+
+
+class CostModel:
+    """Fraction of the original cost kept after removing a set of units."""
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, example_inputs: Any, kind: str = "flops") -> None:
+        if kind not in ("flops", "params"):
+            raise ArgumentError(f"kind must be 'flops' or 'params', got {kind!r}")
+        leaves = {n: m for n, m in model.named_modules() if not any(True for _ in m.children())}
+        if kind == "flops":
+            by_module = flops_by_module(model, example_inputs)
+            self.total = float(by_module.get("", 0))
+            cost = {n: float(by_module.get(n, 0)) for n in leaves}
+        else:
+            self.total = float(sum(p.numel() for p in model.parameters()))
+            cost = {n: float(sum(p.numel() for p in m.parameters(recurse=False))) for n, m in leaves.items()}
+        if self.total <= 0:
+            raise ArgumentError(f"the model has no {kind} to count")
+        dims: dict = {}
+        for g in graph.groups:
+            for m in g.members:
+                if m.name in cost and cost[m.name] > 0:
+                    ids = dims.setdefault((m.name, str(m.role)), np.full(len(m.unit_index), -1, dtype=np.int64))
+                    inside = m.unit_index >= 0
+                    ids[inside] = g.units[m.unit_index[inside]]
+        self._names = sorted({name for name, _ in dims})
+        self._cost = np.array([cost[n] for n in self._names])
+        self._fixed = self.total - self._cost.sum()
+        self._dims = [(self._names.index(name), ids) for (name, _), ids in dims.items()]
+
+    def kept(self, removed: np.ndarray) -> float:
+        """Estimated fraction of the cost kept when ``removed`` (unit ids) go."""
+        removed = np.asarray(removed, dtype=np.int64)
+        factor = np.ones(len(self._names))
+        for i, ids in self._dims:
+            factor[i] *= 1.0 - np.isin(ids, removed).sum() / len(ids)
+        return float((self._fixed + (self._cost * factor).sum()) / self.total)
