@@ -23,6 +23,7 @@ import numpy as np
 import torch.nn as nn
 
 import surgery.criteria as _criteria
+from surgery.core.frames import user_stacklevel
 from surgery.select.cost import CostModel
 from surgery.core.config import PruneConfig
 from surgery.core.errors import ArgumentError, ArgumentTypeError
@@ -183,13 +184,13 @@ class Pruner:
         real measurement of the chosen model; if it misses ``goal`` by more than 0.5%, the
         analytic target is shifted by the miss and the search repeated (at most 3 times)."""
         kind = "params" if self.config.target_params is not None else "flops"
-        model = CostModel(self.model, graph, self.example_inputs, kind)
+        cost = CostModel(self.model, graph, self.example_inputs, kind)
         if self._cost0 is None:
-            self._cost0 = model.total  # the same count as _cost on the model before the first step
-        scale = model.total / self._cost0  # this step's model against the original
+            self._cost0 = cost.total  # the same count as _cost on the model before the first step
+        scale = cost.total / self._cost0  # this step's model against the original
         aim, best = goal, None
         for _ in range(4):
-            units = self._bisect(graph, model, aim / scale, step)
+            units = self._bisect(graph, cost, aim / scale, step)
             kept = self._cost(rewrite(self.model, graph, units)) / self._cost0
             if best is None or abs(kept - goal) < abs(best[0] - goal):
                 best = (kept, units)
@@ -198,15 +199,15 @@ class Pruner:
             aim += goal - kept
         if abs(best[0] - goal) > 0.02:
             warnings.warn(f"could only reach {best[0]:.1%} of the original cost (target {goal:.1%}); "
-                          f"frozen groups, max_ratio or min_channels limit pruning", stacklevel=3)
+                          f"frozen groups, max_ratio or min_channels limit pruning", stacklevel=user_stacklevel())
         return best[1]
 
-    def _bisect(self, graph: ChannelGraph, model: CostModel, goal: float, step: int) -> np.ndarray:
+    def _bisect(self, graph: ChannelGraph, cost: CostModel, goal: float, step: int) -> np.ndarray:
         lo, hi, best = 0.0, 0.999, None
         for _ in range(30):
             mid = (lo + hi) / 2
             units = self._select(graph, mid, step)
-            kept = model.kept(units)
+            kept = cost.kept(units)
             if best is None or abs(kept - goal) < abs(best[0] - goal):
                 best = (kept, units)
             if abs(kept - goal) <= 0.001:

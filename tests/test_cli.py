@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import surgery
-from models import create
 from surgery.cli import main
 
 
@@ -90,3 +89,31 @@ def test_whole_heads_and_skipped_blocks_from_the_command_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:  # argparse rejects it with usage
         main(["prune", "resnet20", "--skip-blocks", "x"])
     assert stop.value.code == 2 and "FIRST,LAST" in capsys.readouterr().err
+
+
+def test_prune_flags_are_the_prune_config_fields_one_to_one():
+    import argparse
+    import dataclasses
+
+    from surgery.cli import _parser
+    from surgery.core.config import PruneConfig
+    prune = _parser()._subparsers._group_actions[0].choices["prune"]
+    generated = {a.dest for a in prune._actions if a.default is argparse.SUPPRESS and a.dest != "help"}
+    python_only = {f.name for f in dataclasses.fields(PruneConfig) if f.metadata["cli"] is None}
+    assert generated == set(PruneConfig.fields()) - python_only
+    assert python_only == {"inplace"}  # the command line always writes a new file
+    for action in prune._actions:
+        if action.dest in generated:
+            assert PruneConfig.help(action.dest) in action.help
+
+
+def test_a_library_refusal_is_one_line_and_a_bug_is_a_traceback(capsys, monkeypatch):
+    import surgery.cli
+    code, _, err = run(capsys, "prune", "resnet20", "--ratios", "nope=0.5")
+    assert code == 2 and "nope" in err and "Traceback" not in err
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("an internal bug")
+    monkeypatch.setattr(surgery.cli, "_prune", boom)
+    with pytest.raises(ZeroDivisionError):
+        main(["prune", "resnet20"])

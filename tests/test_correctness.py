@@ -2,13 +2,9 @@
 it (each once returned a wrong model or crashed), and named errors for bad input."""
 from __future__ import annotations
 
-import copy
 import math
-import os
-import tempfile
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

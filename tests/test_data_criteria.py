@@ -1,6 +1,4 @@
 """Definitions of the data-driven criteria, calibration hygiene, streaming and ranks."""
-import os
-import tempfile
 import warnings
 
 import numpy as np

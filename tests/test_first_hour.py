@@ -1,5 +1,4 @@
 """What a new user hits first: options that must act or raise, names as users type them."""
-import warnings
 
 import pytest
 import torch

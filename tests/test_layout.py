@@ -23,10 +23,13 @@ def _modules():
             yield name.removesuffix(".__init__"), ast.parse(path.read_text())
 
 
-def _imports(tree):
+def _imports(tree, known):
+    """(node, modules it imports): ``from pkg import sub`` imports the module ``pkg.sub``;
+    ``from pkg import name`` imports ``pkg`` (its ``__init__``)."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            yield node, [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            yield node, [s for s in subs if s in known] + ([node.module] if any(s not in known for s in subs) else [])
         elif isinstance(node, ast.Import):
             yield node, [a.name for a in node.names]
 
@@ -35,7 +38,7 @@ def _graph():
     known = {m for m, _ in _modules()}
     edges, local = {}, []
     for mod, tree in _modules():
-        for node, names in _imports(tree):
+        for node, names in _imports(tree, known):
             for n in names:
                 if n.split(".")[0] in PROJECT and n in known:
                     (local.append((mod, n)) if node.col_offset else edges.setdefault(mod, set()).add(n))

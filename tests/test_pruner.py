@@ -10,7 +10,7 @@ import torchvision
 
 import surgery
 from models import create
-from surgery import PruneConfig, Pruner
+from surgery import Pruner
 from surgery.metrics import count_flops, count_params
 
 X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

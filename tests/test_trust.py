@@ -420,3 +420,21 @@ def test_the_summary_of_many_unchecked_norms_is_short_and_the_list_complete():
     v = Verification(exact=False, unchecked=[f"norm {i}" for i in range(25)])
     assert "norm 2" in str(v) and "norm 3" not in str(v) and "22 more" in str(v)
     assert len(v.unchecked) == 25
+
+
+def test_trace_warnings_point_at_the_callers_line():
+    """Warnings name the user's file on every entry path (trace, prune, Pruner), not the library's."""
+    class Opaque(torch.nn.Module):
+        def forward(self, x):
+            return torch.special.erfcx(x)
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), Opaque(), torch.nn.Conv2d(4, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    for call in (lambda: surgery.trace(model, x), lambda: surgery.prune(model, x, ratio=0.5),
+                 lambda: surgery.Pruner(model, x, ratio=0.5).step()):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        rule_warnings = [w for w in caught if "no channel rule" in str(w.message)]
+        assert rule_warnings and all(w.filename == __file__ for w in rule_warnings), \
+            [(w.filename, str(w.message)[:60]) for w in caught]

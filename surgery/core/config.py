@@ -148,7 +148,7 @@ class PruneConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ArgumentError(f"{name} must be a positive integer, got {v!r}")
         if self.target_flops is not None and self.target_params is not None:
-            raise ArgumentError("target_flops and target_params cannot both be set: give one of them")
+            raise ArgumentError("target_flops and target_params: set either target_flops or target_params, not both")
         for name in ("target_flops", "target_params"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0

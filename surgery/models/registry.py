@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from surgery.core.frames import user_stacklevel
 from surgery.core.errors import ArgumentError
 
 __all__ = ["MODELS", "register_model", "create", "available"]
@@ -17,7 +18,7 @@ def register_model(name: str) -> Callable:
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS and MODELS[name] is not fn:
             warnings.warn(f"register_model({name!r}): replacing {MODELS[name].__qualname__} with "
-                          f"{fn.__qualname__}", stacklevel=2)
+                          f"{fn.__qualname__}", stacklevel=user_stacklevel())
         MODELS[name] = fn
         return fn
     return deco

@@ -14,6 +14,7 @@ from collections import defaultdict
 import numpy as np
 import torch.nn as nn
 
+from surgery.core.frames import user_stacklevel
 from surgery.groups.graph import ChannelGraph
 
 __all__ = ["follow_config", "WIDTH_KEYS", "HEAD_KEYS"]
@@ -49,11 +50,11 @@ def follow_config(model: nn.Module, graph: ChannelGraph, removed: np.ndarray) ->
     if changed and not uneven and not _describes(model):
         warnings.warn(f"{type(config).__name__} was updated ({', '.join(f'{k}: {a} -> {b}' for k, a, b in changed)}) "
                       f"but {type(model).__name__}(config) still builds other shapes (its code derives them "
-                      f"differently): save with surgery.save(model, path), not save_pretrained.", stacklevel=4)
+                      f"differently): save with surgery.save(model, path), not save_pretrained.", stacklevel=user_stacklevel())
     if uneven:
         warnings.warn(f"layers were pruned to different sizes, so {type(config).__name__} cannot describe "
                       f"them: {', '.join(uneven)} left as they were. Save with surgery.save(model, path) "
-                      f"(save_pretrained would not load back).", stacklevel=4)
+                      f"(save_pretrained would not load back).", stacklevel=user_stacklevel())
     return changed
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from surgery.core.frames import user_stacklevel
 from surgery.groups.graph import ChannelGraph, Kind
 from surgery.ops.context import AXES_KEY
 from surgery.ops.handler import PerChannelHandler, replace_param
@@ -149,7 +150,7 @@ def _graph_module(model: nn.Module, target: nn.Module, changed, graph: ChannelGr
             f"pruning changed literal sizes in {type(model).__name__}'s forward (reshape/split "
             f"constants); returning a torch.fx.GraphModule with those constants patched instead "
             f"of the original class, whose forward would still use the old sizes. Its forward keeps the "
-            f"branches on self.training taken when it was traced.", stacklevel=3)
+            f"branches on self.training taken when it was traced.", stacklevel=user_stacklevel())
     return gm
 
 
@@ -322,7 +323,7 @@ def _follow_widths(target: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
     if unclear:
         warnings.warn(f"int attributes equal to channel widths that pruning changed in different ways were left "
                       f"as they were: {', '.join(unclear[:5])}; if code the trace does not run (another method, "
-                      f"a branch) reads them, set them yourself", stacklevel=4)
+                      f"a branch) reads them, set them yourself", stacklevel=user_stacklevel())
 
 
 _SIZE_CALLS = {"split", "view", "reshape", "narrow", "unflatten", "expand", "tensor_split", "split_with_sizes",

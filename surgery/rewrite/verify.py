@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from surgery.core.frames import user_stacklevel
 from surgery.groups.graph import ChannelGraph, Group, Kind
 from surgery.ops.handler import Handler
 from surgery.ops.registry import handler_for
@@ -382,7 +383,7 @@ def warn_norms(norms: list) -> None:
         warnings.warn(f"pruning through normalisations over channels ({'; '.join(norms[:3])}"
                       f"{' ...' if len(norms) > 3 else ''}): their statistics change, so the pruned model is "
                       f"not exactly the masked original and verification checks shapes only. Fine-tune after "
-                      f"pruning, or keep those channels with ignored_layers.", stacklevel=4)
+                      f"pruning, or keep those channels with ignored_layers.", stacklevel=user_stacklevel())
 
 
 def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, example_inputs: Any, *,

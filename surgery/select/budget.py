@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch.nn as nn
 
+from surgery.core.frames import user_stacklevel
 from surgery.core.errors import ArgumentError
 import surgery.criteria as _criteria
 from surgery.core.config import PruneConfig
@@ -61,16 +62,16 @@ class Budget:
         c = self.config
         if c.normalize == "lamp" and not c.global_pruning:
             warnings.warn("normalize='lamp' only changes how groups are ranked against each other: it has "
-                          "no effect without global_pruning=True", stacklevel=5)
+                          "no effect without global_pruning=True", stacklevel=user_stacklevel())
         for name in self._ratios:
             inside = [g for g in graph.groups for m in (g.producers or g.members)
                       if m.name == name or m.name.startswith(name + ".") or name == ""]
             if inside and not any(g.prunable for g in inside):
                 reason = next(g.reason for g in inside)
                 warnings.warn(f"ratios[{name!r}] has no effect: the channels of {name!r} are frozen ({reason})",
-                              stacklevel=5)
+                              stacklevel=user_stacklevel())
             elif not inside:
-                warnings.warn(f"ratios[{name!r}] has no effect: no channel group is produced there", stacklevel=5)
+                warnings.warn(f"ratios[{name!r}] has no effect: no channel group is produced there", stacklevel=user_stacklevel())
 
     def counts(self, graph: ChannelGraph, ratio: float, step: int, scorer: _criteria.Criterion) -> dict:
         fixed, pooled = {}, []
