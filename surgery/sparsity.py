@@ -37,14 +37,15 @@ class SparsityReport:
         total = sum(t for _, t in self.layers.values())
         return zeros / total if total else 0.0
 
-    def table(self) -> str:
+    def summary(self) -> str:
+        """Sparsity and weight count per layer, then overall. ``print(report)`` prints the same."""
         rows = [f"{'layer':<40}{'sparsity':>10}{'weights':>12}"]
         rows += [f"{n:<40}{z / t:>10.1%}{t:>12,}" for n, (z, t) in self.layers.items()]
         rows.append(f"{'overall':<40}{self.overall:>10.1%}{sum(t for _, t in self.layers.values()):>12,}")
         return "\n".join(rows)
 
     def __str__(self) -> str:
-        return self.table()
+        return self.summary()
 
 
 def _layers(model: nn.Module, granularity: str, layers: Iterable | None) -> list:

@@ -56,8 +56,11 @@ class GroupView:
         return self._parts[kind]
 
     def layers(self, kind: str) -> list:
-        """``(module, index)`` pairs of one member kind ("producer", "consumer", "per_channel"):
-        each layer behind the view and the map of its channel dim onto the group's channels."""
+        """``(module, index)`` pairs of one member kind, spelled like the parts ("producers",
+        "consumers", "per_channel"): each layer behind the view and the map of its channel dim
+        onto the group's channels."""
+        if kind not in self.KINDS:
+            raise ArgumentError(f"GroupView.layers takes one of {', '.join(self.KINDS)}, got {kind!r}")
         return list(zip(self.modules.get(kind, []), self.index.get(kind, [])))
 
     producers = property(lambda self: self._part("producers"))
@@ -182,11 +185,11 @@ def layer_view(target: nn.Module | torch.Tensor) -> GroupView:
         raise ArgumentTypeError(f"cannot score {type(target).__name__}: it has no weight tensor; pass "
                         f"a layer with a weight, a weight tensor or a criteria.GroupView")
     if isinstance(target, nn.modules.conv._ConvNd):
-        kind, part = "producer", dict(producers=[conv_rows(target, "out")])
+        kind, part = "producers", dict(producers=[conv_rows(target, "out")])
     elif weight.dim() == 1:
         kind, part = "per_channel", dict(per_channel=[weight.reshape(-1, 1)])
     else:
-        kind, part = "producer", dict(producers=[weight.reshape(weight.shape[0], -1)])
+        kind, part = "producers", dict(producers=[weight.reshape(weight.shape[0], -1)])
     n = next(iter(part.values()))[0].shape[0]
     return GroupView(**part, modules={kind: [target]}, index={kind: [np.arange(n)]})
 

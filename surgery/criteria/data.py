@@ -113,10 +113,10 @@ class DataCriterion(Criterion):
     def sites(self, view: GroupView) -> list:
         """(module, index) pairs whose statistics score the group."""
         if self.site == "input":
-            return view.layers("consumer")
+            return view.layers("consumers")
         norms = [(m, i) for m, i in view.layers("per_channel")
                  if isinstance(m, _NORMS)]
-        return norms or view.layers("producer")
+        return norms or view.layers("producers")
 
     def stats_of(self, module: nn.Module) -> dict | None:
         if self._stats is None:
@@ -159,8 +159,8 @@ class InputCriterion(DataCriterion):
             raise ArgumentError(f"{self.name or type(self).__name__} on a single {type(target).__name__} supports "
                              f"groups=1 layers; use it through surgery.prune for grouped convs")
         w = target.weight.transpose(0, 1).reshape(target.weight.shape[1], -1)
-        return GroupView(consumers=[w], modules={"consumer": [target]},
-                         index={"consumer": [list(range(w.shape[0]))]})
+        return GroupView(consumers=[w], modules={"consumers": [target]},
+                         index={"consumers": [list(range(w.shape[0]))]})
 
     def consumer_stats(self, view: GroupView):
         """``(statistics, consumer weights [channels, k])`` of each consumer of the group."""

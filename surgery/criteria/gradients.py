@@ -46,7 +46,7 @@ class TaylorWeight(DataCriterion):
     def sites(self, view):
         norms = [(m, i) for m, i in view.layers("per_channel")
                  if isinstance(m, _NORMS)]
-        prods = view.layers("producer")
+        prods = view.layers("producers")
         if self.form == "bn" or (self.form == "auto" and norms):
             if not norms:
                 raise ArgumentError("taylor_weight(form='bn'): this group has no BatchNorm")
@@ -73,7 +73,7 @@ class Fisher(DataCriterion):
         return {"f": 0.5 * out_rows(module, (w.grad * w) ** 2).sum(1).detach(), "batches": torch.tensor(1.0)}
 
     def sites(self, view):
-        return view.layers("producer")
+        return view.layers("producers")
 
     def channel_scores(self, module, stats):
         return stats["f"] / stats["batches"]

@@ -137,5 +137,5 @@ class KMeansCriterion(Wrapper):
     def _k_for(self, view: GroupView) -> int | None:
         if not isinstance(self.k, dict):
             return self.k
-        names = view.names.get("producer", []) + view.names.get("per_channel", [])
+        names = view.names.get("producers", []) + view.names.get("per_channel", [])
         return next((self.k[nm] for nm in names if nm in self.k), None)

@@ -107,7 +107,7 @@ class LRP(DataCriterion):
         return self
 
     def sites(self, view):
-        return view.layers("producer")
+        return view.layers("producers")
 
     def channel_scores(self, module, stats):
         r = stats["R"] / stats["n"]

@@ -45,7 +45,7 @@ class BNScale(WeightCriterion):
     def parts(self, view: GroupView) -> list:
         parts = [p for p in view.per_channel if p.shape[1] == 1]
         if not parts:
-            layers = ", ".join(view.names.get("producer", []) or [n for ns in view.names.values() for n in ns])
+            layers = ", ".join(view.names.get("producers", []) or [n for ns in view.names.values() for n in ns])
             raise ArgumentError(f"bn_scale: the channels of {layers or 'this layer'} have no BatchNorm (per-channel "
                              f"scale); use another criterion (l1) for them, or add them to ignored_layers")
         return parts

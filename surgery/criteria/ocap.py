@@ -83,7 +83,7 @@ class OCAP(DataCriterion):
             return super().select(target, n)  # the n least used channels
         view = target if isinstance(target, GroupView) else None
         scores = self.score(target)
-        if view is not None and any(id(m) in self._skipped for m in view.modules.get("producer", [])):
+        if view is not None and any(id(m) in self._skipped for m in view.modules.get("producers", [])):
             return torch.zeros(0, dtype=torch.long)
         drop = torch.nonzero(~self.keep_mask(scores)).flatten()
         if n is not None and len(drop) > n:  # a cap: drop the least-used first

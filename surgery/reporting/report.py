@@ -51,7 +51,7 @@ class Report:
     environment: dict = field(default_factory=dict)
     title: str = "Pruning report"
 
-    def summary(self) -> list[tuple[str, str, str, str]]:
+    def summary_rows(self) -> list[tuple[str, str, str, str]]:
         """Executive summary rows: (quantity, before, after, change)."""
         return report_render.summary_rows(self)
 
@@ -75,7 +75,9 @@ class Report:
         """Write a PDF (summary and risks, figures, plan, reproducibility); returns the path."""
         return report_render.write_pdf(self, path)
 
-    def table(self, changed_only: bool = True) -> str:
+    def summary(self, changed_only: bool = True) -> str:
+        """Per-layer channels, parameters and FLOPs before and after (the layers that changed,
+        unless ``changed_only=False``), then the totals. ``print(report)`` prints the same."""
         rows = [r for r in self.layers if not changed_only or r.channels[0] != r.channels[1]]
         cells = [[r.name, r.type, _pair(r.channels), _pair(r.params), _pair(r.flops)] for r in rows]
         total = ["total", "", "", _pair(self.params, pct=True), _pair(self.flops, pct=True)]
@@ -86,7 +88,7 @@ class Report:
         return "\n".join([line(head), rule] + [line(c) for c in cells] + [rule, line(total)])
 
     def __str__(self) -> str:
-        return self.table()
+        return self.summary()
 
 
 def _pair(p: tuple, pct: bool = False) -> str:

@@ -54,6 +54,11 @@ def _per_unit(t: torch.Tensor, unit_index: np.ndarray, size: int) -> torch.Tenso
     return out
 
 
+# one spelling for a view's member kinds, the same as its parts: producers, consumers, per_channel (+ params)
+_PLURAL = {Kind.PRODUCER: "producers", Kind.CONSUMER: "consumers", Kind.PER_CHANNEL: "per_channel",
+           Kind.PARAM: "params"}
+
+
 def group_view(graph: ChannelGraph, group: Group) -> GroupView:
     """The group's weights per unit, by part, for :meth:`criteria.Criterion.score`
     (each part's slices are built when a criterion first reads them)."""
@@ -61,10 +66,11 @@ def group_view(graph: ChannelGraph, group: Group) -> GroupView:
     modules: dict = {}
     index: dict = {}
     for m in group.members:
-        names.setdefault(str(m.kind), []).append(m.name)
+        kind = _PLURAL[m.kind]
+        names.setdefault(kind, []).append(m.name)
         if m.kind != Kind.PARAM:
-            modules.setdefault(str(m.kind), []).append(graph.gm.get_submodule(m.name))
-            index.setdefault(str(m.kind), []).append(m.unit_index)
+            modules.setdefault(kind, []).append(graph.gm.get_submodule(m.name))
+            index.setdefault(kind, []).append(m.unit_index)
 
     def load(part: str) -> list:
         return [_per_unit(member_tensor(graph, m), m.unit_index, group.size)

@@ -92,6 +92,6 @@ def test_sparsify_dry_run_and_one_definition_of_sparsity():
 def test_report_columns_never_run_together():
     model = create("vgg16_bn").eval()
     x = torch.randn(1, 3, 32, 32)
-    table = surgery.report(model, surgery.prune(model, x, ratio=0.5), x).table()
+    table = surgery.report(model, surgery.prune(model, x, ratio=0.5), x).summary()
     total = table.splitlines()[-1]
     assert "%)  " in total and "->" in total

@@ -9,10 +9,10 @@ import torch.nn as nn
 import torchvision
 
 import surgery
-from conftest import prepared
+from support.oracle import prepared
 from surgery import testing as oracle
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 GEN = torch.Generator().manual_seed(0)
 
 
@@ -159,7 +159,7 @@ def test_sparsify_hits_the_requested_sparsity(granularity, ratio):
             w = model.get_submodule(name).weight.flatten(2)
             assert ((w == 0).sum(2) == int(ratio * w.shape[2] + 1e-9)).all()
     assert abs(report.overall - ratio) < 0.12
-    assert "overall" in report.table()
+    assert "overall" in report.summary()
 
 
 def test_make_permanent_leaves_plain_parameters():

@@ -75,7 +75,7 @@ def test_a_dead_channel_scores_zero_for_taylor_and_lowest_for_coverage_apoz_wand
         assert int(s.argmin()) == 2 and float(s[2]) == 0.0
     w = Wanda().calibrate(model, data)
     view = criteria.GroupView(consumers=[model.conv2.weight.transpose(0, 1).reshape(6, -1)],
-                              modules={"consumer": [model.conv2]}, index={"consumer": [np.arange(6)]})
+                              modules={"consumers": [model.conv2]}, index={"consumers": [np.arange(6)]})
     s = w.score(view)
     assert int(s.argmin()) == 2 and float(s[2]) == 0.0
     assert torch.allclose(w.score(model.conv2), s)  # standalone: the layer's input channels

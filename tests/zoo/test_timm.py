@@ -34,8 +34,8 @@ def check(name: str, size: int | None) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pruned = surgery.prune(model, x, ratio=0.5)
-    except (surgery.TraceError, surgery.VerificationError):
-        return "refused"
+    except surgery.TraceError as err:  # no graph capture holds it: refused, said as such
+        return f"refused: {str(err).splitlines()[0][:200]}"
     check = pruned.surgery_verification
     assert count_params(pruned) < count_params(model)
     with torch.no_grad():  # LeViT caches attention biases from a forward; keep them graph leaves
@@ -68,4 +68,10 @@ def _smallest(family: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(set(timm.list_modules()) - set(DEFAULT)))
 def test_every_timm_family_is_exact_or_refused(family):
-    check(_smallest(family), None)
+    """A family either prunes (exact, or inexact only through norms over channels) or cannot be
+    captured; a refusal is reported as an expected failure naming the reason, never a pass. A
+    VerificationError (a rule or handler bug) fails the test."""
+    outcome = check(_smallest(family), None)
+    if outcome.startswith("refused"):
+        pytest.xfail(outcome)
+    assert outcome in ("exact", "norm")

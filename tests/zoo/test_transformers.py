@@ -12,8 +12,7 @@ from surgery.rewrite.model_config import _describes
 from surgery.testing import max_error
 
 pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).parent))
-from hf_models import build  # noqa: E402
+from support.hf_models import build
 
 DESCRIBED = {"llama", "qwen2", "mistral", "phi3", "vit"}
 FAMILIES = ["llama", "qwen2", "mistral", "phi3", "gpt2", "opt", "bert", "vit"]
@@ -106,7 +105,7 @@ def test_bad_options_name_the_fix():
 
 
 def test_llm_heads_example():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
     import llm_heads
     result = llm_heads.main()
     assert result["heads"] == (8, 4) and result["kv_heads"] == (4, 2) and result["mlp"] == (256, 128)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import surgery
-from conftest import prepared, prune_quiet
+from support.oracle import prepared, prune_quiet
 from models import create
 from surgery.metrics import count_params
 

@@ -11,7 +11,7 @@ from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, sh
 
 import surgery
 from surgery.ops.windowed import window_attention
-from conftest import prepared
+from support.oracle import prepared
 from surgery.testing import max_error
 
 

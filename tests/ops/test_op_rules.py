@@ -4,8 +4,8 @@ import torch
 import torch.fx as fx
 
 import surgery
-from conftest import assert_exact, prepared, prune_quiet
-from op_models import IMAGE_MODELS, Embed, LayerNormMLP, LiteralReshape
+from support.oracle import prune_exact, prepared, prune_quiet
+from support.op_models import IMAGE_MODELS, Embed, LayerNormMLP, LiteralReshape
 from surgery.metrics import count_params
 
 
@@ -13,12 +13,12 @@ from surgery.metrics import count_params
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 def test_op_model_is_exact(cls, ratio, x32):
     torch.manual_seed(0)
-    assert_exact(prepared(cls()), x32, ratio=ratio)
+    prune_exact(prepared(cls()), x32, ratio=ratio)
 
 
 def test_embedding_is_exact():
     tokens = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(0))
-    assert_exact(prepared(Embed()), tokens)
+    prune_exact(prepared(Embed()), tokens)
 
 
 def test_layernorm_model_prunes_with_same_output_shape():
@@ -50,7 +50,7 @@ def test_a_reshape_by_a_size_attribute_keeps_the_class(x32):
 
 
 def test_shuffle_groups_are_unified_across_halves(x32):
-    from op_models import Shuffle
+    from support.op_models import Shuffle
     g = surgery.trace(prepared(Shuffle()), x32)
     stream = [grp for grp in g.groups if any(mb.name == "stem.0" for mb in grp.producers)][0]
     # each chunk+shuffle pairs positions across halves; two in a row leave units of 4 stem channels

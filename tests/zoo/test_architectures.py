@@ -9,11 +9,11 @@ import torch.nn as nn
 import torchvision
 
 import surgery
-from conftest import prepared
+from support.oracle import prepared
 from surgery import testing as oracle
 from surgery.metrics import count_params
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
 KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
           "inception_v3": {"aux_logits": False, "init_weights": False}}

@@ -16,13 +16,11 @@ import torch.nn as nn
 import criteria
 import surgery
 from surgery.extend import functions, layer_types, methods
+from surgery.metrics import count_params
+from surgery.testing import assert_exact, randomize
 
 FUNCTION_RULES, METHOD_RULES = functions(), methods()
 LAYERS = layer_types()  # the layer contract battery below runs over every registered layer type
-MODULE_RULES = [k for k, v in LAYERS.items() if v.rule is not None]
-HANDLERS = {k: v.handler for k, v in LAYERS.items() if v.handler is not None}
-from surgery.metrics import count_params
-from surgery.testing import assert_exact, randomize
 
 
 class Probe(nn.Module):
@@ -206,9 +204,9 @@ def _key_module(key) -> str:
 
 
 # aten overloads (the torch.export front end) reuse these rules; they are exercised through
-# exported models in tests/test_transformers.py, not by the per-function probes below; Swin's
+# exported models in tests/zoo/test_transformers.py, not by the per-function probes below; Swin's
 # windowed-attention functions (and our window_attention) take weights and windows, and are
-# checked in tests/test_heads.py
+# checked in tests/ops/test_heads.py
 @pytest.mark.parametrize("fn", [_resolve(k) for k in FUNCTION_RULES if not isinstance(k, torch._ops.OpOverload)
                                 and "swin_transformer" not in str(k) and "ops.windowed" not in _key_module(k)],
                          ids=lambda f: f"{getattr(f, '__module__', '')}.{_fn_name(f)}")
@@ -220,7 +218,7 @@ def test_every_function_rule_is_exact(fn):
 def test_every_method_rule_is_exact(name):
     call = _method_call(name)
     if name == "unbind":
-        pytest.skip("unbind over a non-channel dim is checked by the timm attention tests (tests/test_heads.py)")
+        pytest.skip("unbind over a non-channel dim is checked by the timm attention tests (tests/ops/test_heads.py)")
     if call is None:
         pytest.skip(f".{name}() changes the device or precision, or is no Tensor method: not checkable here")
     exact_through(call)
@@ -281,7 +279,7 @@ MODULE_FACTORIES = {  # types whose constructor needs arguments, or whose input 
     nn.MultiheadAttention: lambda: (nn.MultiheadAttention(8, 2), "tokens"),
 }
 SKIPPED_MODULES = {nn.SyncBatchNorm: "needs a process group to run",
-                   nn.Embedding: "reads token ids, not a feature map (tests/test_op_rules.py::test_embedding_is_exact)"}
+                   nn.Embedding: "reads token ids, not a feature map (tests/ops/test_op_rules.py::test_embedding_is_exact)"}
 
 
 def _module_op(cls):
@@ -293,35 +291,37 @@ def _module_op(cls):
 
 def _skip_named(key) -> None:
     """Registrations by qualified name (transformers' Conv1D) need their package; they are
-    exercised by tests/test_transformers.py (GPT-2), exact against the masked original."""
+    exercised by tests/zoo/test_transformers.py (GPT-2), exact against the masked original."""
     if isinstance(key, str):
         pytest.importorskip(key.rpartition(".")[0])
-        pytest.skip(f"{key} is checked through GPT-2 in tests/test_transformers.py")
+        pytest.skip(f"{key} is checked through GPT-2 in tests/zoo/test_transformers.py")
 
 
-@pytest.mark.parametrize("cls", list(MODULE_RULES), ids=lambda c: getattr(c, "__name__", c))
-def test_every_module_rule_is_exact(cls):
-    _skip_named(cls)
-    if cls in SKIPPED_MODULES:
-        pytest.skip(SKIPPED_MODULES[cls])
-    exact_through(_module_op(cls), exact=cls not in NORMS_OVER_CHANNELS)
+# ---------------------------------------------------------------- the layer contract battery
+@pytest.mark.parametrize("key", list(LAYERS), ids=lambda c: getattr(c, "__name__", c))
+def test_layer_contract(key):
+    """Every registered layer type, by being registered: its rule carries channels exactly
+    (pruned, rebuilt by its handler and checked against the masked original), and its handler
+    keeps dtype, grad mode and train/eval state and selects the kept slices."""
+    _skip_named(key)
+    if key in SKIPPED_MODULES:
+        pytest.skip(SKIPPED_MODULES[key])
+    entry = LAYERS[key]
+    if entry.rule is not None:
+        exact_through(_module_op(key), exact=key not in NORMS_OVER_CHANNELS)
+    if entry.handler is not None:
+        _handler_contract(key, entry.handler)
 
 
-# ---------------------------------------------------------------- handlers
 def test_every_handler_type_has_a_rule_and_a_probe():
-    missing = [getattr(t, "__name__", t) for t in HANDLERS if t not in MODULE_RULES]
+    missing = [getattr(k, "__name__", k) for k, v in LAYERS.items() if v.handler is not None and v.rule is None]
     assert not missing, f"handlers without a channel rule (so never reached by the probes): {missing}"
 
 
-@pytest.mark.parametrize("cls", list(HANDLERS), ids=lambda c: getattr(c, "__name__", c))
-def test_every_handler_keeps_dtype_grad_mode_and_selected_slices(cls):
-    _skip_named(cls)
-    if cls in SKIPPED_MODULES:
-        pytest.skip(SKIPPED_MODULES[cls])
+def _handler_contract(cls, handler) -> None:
     module = _module_op(cls).m.double().train(False)
     for p in module.parameters():
         p.requires_grad_(False)
-    handler = HANDLERS[cls]
     for role in ("out", "in"):
         try:
             rows = handler.slices(module, role)

@@ -5,8 +5,8 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import prepared
-from random_nets import RandomNet, programs
+from support.oracle import prepared
+from support.random_nets import RandomNet, programs
 from surgery import testing as oracle
 from surgery.metrics import count_params
 import surgery

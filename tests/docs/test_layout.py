@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROJECT = ("surgery", "criteria", "models")
 LAZY_ON_PURPOSE = {"surgery.cli"}  # `surgery --help` must not load the engine
 # The stages, in data-flow order: a module may import from its own stage and earlier ones only.
