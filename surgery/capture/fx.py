@@ -164,3 +164,10 @@ def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
             _Recorder(gm).run(*args)
     except _NodeFailure as err:
         raise ShapeError(err.message) from err.__cause__
+
+
+def owning_module(node: fx.Node | None) -> str | None:
+    """The qualified name of the innermost module whose forward holds ``node`` (from the
+    front end's ``nn_module_stack``; "" for the root), or None when it is not recorded."""
+    stack = node.meta.get("nn_module_stack") if node is not None else None
+    return list(stack.values())[-1][0] if stack else None

@@ -21,6 +21,7 @@ from surgery.groups.graph import ChannelGraph, build_groups
 from surgery.groups.ties import couple_shared_tensors
 from surgery.ops.context import RuleContext
 from surgery.capture.front import capture, check_model
+from surgery.capture.fx import owning_module
 
 __all__ = ["trace"]
 
@@ -76,9 +77,7 @@ def _tie_literals(ctx: RuleContext) -> None:
     views by ``self.head_dim``) are one attribute: they must change together."""
     by_value: dict = {}
     for p in ctx.patches:
-        node = next((n for n in ctx.gm.graph.nodes if n.name == p.node), None)
-        stack = (node.meta.get("nn_module_stack") or {}) if node is not None else {}
-        owner = list(stack.values())[-1][0] if stack else None
+        owner = owning_module(next((n for n in ctx.gm.graph.nodes if n.name == p.node), None))
         by_value.setdefault((owner, len(p.vars)), []).append(p.vars)
     for arrays in by_value.values():
         for a in arrays[1:]:

@@ -12,6 +12,7 @@ from collections import defaultdict
 import torch.fx as fx
 import torch.nn as nn
 
+from surgery.core.inputs import tensor_at
 from surgery.ops.registry import handler_for
 from surgery.ops.context import Kind, RuleContext
 
@@ -70,8 +71,7 @@ def _owner_name(slot) -> str:
 def _tensors_of(gm: fx.GraphModule, slot) -> list:
     """``[(tensor, dim or None)]`` that a slot indexes."""
     if slot.kind == Kind.PARAM:
-        owner, _, attr = slot.name.rpartition(".")
-        return [(getattr(_owner(gm, owner), attr), slot.role.dim)]
+        return [(tensor_at(gm, slot.name), slot.role.dim)]
     module = gm.get_submodule(slot.name)
     try:
         dims = handler_for(module).tensor_dims(module, slot.role)

@@ -24,6 +24,7 @@ from surgery.rewrite.model_config import follow_config
 from surgery.core.inputs import evaluating, flat_tensors, as_inputs
 from surgery.groups.ties import shared_owners
 from surgery.core.transaction import transaction
+from surgery.capture.fx import owning_module
 from surgery.core.errors import InPlaceError
 
 __all__ = ["rewrite", "set_submodule", "keep_indices"]
@@ -264,9 +265,7 @@ def _patched_graph(graph: ChannelGraph, removed: np.ndarray):
 
 def _owner(g: fx.Graph, node_name: str) -> str | None:
     """The innermost module whose forward holds the node (from fx's ``nn_module_stack``)."""
-    node = next((n for n in g.nodes if n.name == node_name), None)
-    stack = node.meta.get("nn_module_stack") if node is not None else None
-    return list(stack.values())[-1][0] if stack else None
+    return owning_module(next((n for n in g.nodes if n.name == node_name), None))
 
 
 def _int_attributes(root: nn.Module) -> dict:
@@ -297,8 +296,7 @@ def _follow_widths(target: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
     gone = graph.removed_mask(removed)
     sizes: dict = defaultdict(lambda: defaultdict(set))  # owner -> old width -> new widths
     for node in graph.gm.graph.nodes:
-        stack = node.meta.get("nn_module_stack")
-        owner = list(stack.values())[-1][0] if stack else ""
+        owner = owning_module(node) or ""
         for vars_ in _axis_vars(node.meta.get(AXES_KEY)):
             sizes[owner][len(vars_)].add(int((~gone[graph.roots[vars_]]).sum()))
     unclear = []
