@@ -21,6 +21,7 @@ import numpy as np
 import torch.nn as nn
 
 from surgery.core.errors import ArgumentError
+from surgery.core.indices import channel_indices
 from surgery.groups.graph import ChannelGraph
 from surgery.select.selection import units_for_positions
 
@@ -35,6 +36,17 @@ class PlanEntry:
     dim: str
     size: int
     indices: list
+
+
+def _entry(e: dict) -> PlanEntry:
+    """One checked plan entry: a layer name, a whole size and valid indices (the same validator
+    as ``Surgeon.remove_channels``)."""
+    size = e["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ArgumentError(f"plan entry for {e.get('layer')!r}: size must be a positive integer, got {size!r}")
+    where = f"plan indices of '{e['layer']}' ({e.get('dim', 'out')})"
+    return PlanEntry(str(e["layer"]), str(e.get("dim", "out")), size,
+                     channel_indices(e["indices"], size, where).tolist())
 
 
 @dataclass
@@ -65,9 +77,8 @@ class Plan:
         if data.get("version") != VERSION:
             raise ArgumentError(f"plan version {data.get('version')} is not supported (this library reads {VERSION})")
         try:
-            entries = [PlanEntry(str(e["layer"]), str(e.get("dim", "out")), int(e["size"]),
-                                 sorted(int(i) for i in e["indices"])) for e in data["remove"]]
-        except (KeyError, TypeError, ValueError) as err:
+            entries = [_entry(e) for e in data["remove"]]
+        except (KeyError, TypeError) as err:
             raise ArgumentError(f"malformed plan entry ({err}); each needs layer, size and indices") from None
         return cls(entries, list(data.get("inputs", [])), str(data.get("model", "")),
                    dict(data.get("architecture") or {}),
@@ -155,9 +166,7 @@ def units_from_plan(graph: ChannelGraph, plan: Plan) -> np.ndarray:
 
 
 def _units_of(group, member, entry: PlanEntry) -> np.ndarray:
-    idx = np.asarray(entry.indices, dtype=np.int64)
-    if len(idx) and (idx.min() < 0 or idx.max() >= entry.size):
-        raise ArgumentError(f"plan indices for '{entry.layer}' must be in [0, {entry.size})")
+    idx = channel_indices(entry.indices, entry.size, f"plan indices of '{entry.layer}' ({entry.dim})")
     return units_for_positions(group, member, idx, f"plan entry for '{entry.layer}'")
 
 

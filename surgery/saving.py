@@ -21,6 +21,7 @@ from surgery.plan import Plan
 from surgery.replay import replay
 from surgery.core.errors import ArgumentError, ArgumentTypeError, InPlaceError
 from surgery.core.transaction import transaction
+from surgery.groups.ties import retie, shared_owners
 
 __all__ = ["save", "load"]
 
@@ -83,29 +84,33 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, example_inp
 def _replayed(model: nn.Module, plans: list, data: dict, path, example_inputs: Any, owned: bool) -> nn.Module:
     for plan in plans:
         model = replay(model, plan, example_inputs=example_inputs, inplace=True, new_object_ok=owned)
-    _check_fits(model, data["state_dict"], path)  # before any copy: load_state_dict writes as it goes
-    try:
-        model.load_state_dict(data["state_dict"])
-    except RuntimeError as err:
-        raise ArgumentError(f"the weights in {path} do not fit this model after replaying its plans: "
-                         f"pass a fresh instance of the architecture that was saved ({err})") from None
+    state = _checked_state(model, data["state_dict"], path)  # all of it, before anything is written
+    ties = shared_owners(model)
+    model.load_state_dict(state, assign=True)  # new tensors: the caller's are never written into
+    retie(model, ties)
     return model
 
 
-def _check_fits(model: nn.Module, state: dict, path: str | os.PathLike) -> None:
-    """Names and shapes of ``state`` equal the model's (what ``load_state_dict`` checks, but
-    before it has copied anything into the model)."""
+def _checked_state(model: nn.Module, state: dict, path: str | os.PathLike) -> dict:
+    """The file's state, checked whole against the model (names, types, shapes, dtype kinds)
+    and placed like the model's own tensors (device, dtype), so that loading it cannot fail
+    halfway. Raises naming the first problems; nothing has been written then."""
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    not_tensors = [k for k in state if not isinstance(state[k], torch.Tensor)]
     wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in own
-             if k in state and isinstance(state[k], torch.Tensor) and isinstance(own[k], torch.Tensor)
-             and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
+             if isinstance(state.get(k), torch.Tensor) and state[k].shape != own[k].shape]
+    kinds = [f"{k}: file {state[k].dtype}, model {own[k].dtype}" for k in own
+             if isinstance(state.get(k), torch.Tensor) and state[k].is_floating_point() != own[k].is_floating_point()]
+    if missing or unexpected or not_tensors or wrong or kinds:
         detail = "; ".join(part for part in (
             f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
-            f"shapes differ: {wrong[:3]}" if wrong else "") if part)
+            f"not tensors: {not_tensors[:3]}" if not_tensors else "",
+            f"shapes differ: {wrong[:3]}" if wrong else "", f"dtypes differ in kind: {kinds[:3]}" if kinds else "")
+            if part)
         raise ArgumentError(f"the weights in {path} do not fit this model after replaying its plans ({detail}): "
-                         f"pass a fresh instance of the architecture that was saved. The model was left as it was")
+                            f"pass a fresh instance of the architecture that was saved. The model was left as it was")
+    return {k: state[k].to(device=own[k].device, dtype=own[k].dtype) for k in own}
 
 
 def _architecture(architecture: str | dict | None) -> dict | None:

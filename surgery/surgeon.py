@@ -17,6 +17,7 @@ from surgery.plan import plan_from_units
 from surgery.pruner import calibrate
 from surgery.select.selection import n_remove, select_units, units_for_positions
 from surgery.core.config import PruneConfig
+from surgery.core.indices import channel_indices
 from surgery.core.errors import ArgumentError, ArgumentTypeError, InPlaceError
 from surgery.groups.build import trace
 from surgery.core.transaction import transaction
@@ -77,7 +78,7 @@ class Surgeon:
     def remove_channels(self, layer: nn.Module | str, indices: Sequence[int] | torch.Tensor) -> None:
         """Remove output channels ``indices`` of ``layer`` and everything coupled to them."""
         name = layer_name(self.model, layer)
-        self._apply(self._units(name, _positions(indices)))
+        self._apply(self._units(name, channel_indices(indices, where=f"indices for '{name}'")))
 
     def prune_layer(self, layer: nn.Module | str, ratio: float, criterion: Any = "l1", *,
                     data: Any = None, **calibration: Any) -> None:
@@ -128,17 +129,6 @@ class Surgeon:
             record(new, self.model, plan)
             graph = self._trace()
         self.graph, self.verification = graph, verification
-
-
-def _positions(indices: Sequence[int] | torch.Tensor) -> np.ndarray:
-    """Sorted distinct channel indices; a boolean mask is refused (it is not a list of indices)."""
-    if not isinstance(indices, torch.Tensor) and len(indices) == 0:
-        return np.zeros(0, dtype=np.int64)
-    t = torch.as_tensor(indices)
-    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dim() != 1:
-        raise ArgumentTypeError(f"indices must be a 1-D sequence of integer channel indices, got dtype {t.dtype} "
-                        f"and shape {tuple(t.shape)} (for a boolean mask, pass mask.nonzero().flatten())")
-    return np.unique(t.numpy().astype(np.int64))
 
 
 def _merged(found: list) -> Group:

@@ -18,6 +18,7 @@ import torch.nn.utils.prune  # noqa: F401  (check_model)
 
 from surgery.core.config import check_tracer
 from surgery.core.errors import ArgumentError, ArgumentTypeError, ExportError, TraceError
+from surgery.core.transaction import untouched
 from surgery.capture.export import export_graph
 from surgery.capture.fx import leaf_paths, propagate, symbolic_trace
 
@@ -36,7 +37,8 @@ def capture(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
                 raise
             fx_error = err
         else:
-            propagate(gm, example_inputs)
+            with untouched(model):  # leaf modules run for real and may write into their containers
+                propagate(gm, example_inputs)
             return gm, "fx"
     try:
         return export_graph(model, example_inputs, leaf_paths(leaf_modules, model)), "export"

@@ -76,13 +76,12 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable = ()) -> fx.GraphMod
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     tracer = _Tracer(*_split_leaves(leaf_modules, model))
-    try:
-        with untouched(model):
+    with untouched(model):  # the GraphModule is built before the model is restored: constants the
+        try:                # trace read from the model's containers (_tensor_constant0) are still there
             graph = tracer.trace(model)
-    except Exception as err:  # fx raises TraceError, TypeError, RuntimeError, ...
-        raise TraceError(_explain(model, tracer, err)) from err
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+        except Exception as err:  # fx raises TraceError, TypeError, RuntimeError, ...
+            raise TraceError(_explain(model, tracer, err)) from err
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _explain(model: nn.Module, tracer: _Tracer, err: Exception) -> str:
@@ -171,3 +170,18 @@ def owning_module(node: fx.Node | None) -> str | None:
     front end's ``nn_module_stack``; "" for the root), or None when it is not recorded."""
     stack = node.meta.get("nn_module_stack") if node is not None else None
     return list(stack.values())[-1][0] if stack else None
+
+
+def width_owners(node: fx.Node) -> list:
+    """The modules whose forward handles ``node``'s output: its owning module and, when that is
+    one of torch.nn's layers, the module that called the layer too (so a block whose forward
+    only chains submodules still sees the widths they produce)."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if not stack:
+        return [""]
+    owners = [stack[-1][0]]
+    kind = stack[-1][1]
+    kind = kind if isinstance(kind, str) else f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', '')}"
+    if kind.startswith("torch.nn."):
+        owners.append(stack[-2][0] if len(stack) > 1 else "")
+    return owners

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from surgery.core.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["as_inputs", "check_not_empty", "input_spec", "spec_inputs", "evaluating", "run_eval", "flat_tensors",
+__all__ = ["as_inputs", "check_not_empty", "check_finite", "input_spec", "spec_inputs", "evaluating", "run_eval", "flat_tensors",
            "layer_names", "layer_name"]
 
 MAX_SPEC_ELEMENTS = 2 ** 28  # 1 GiB of float32: larger specs are refused, not allocated
@@ -50,6 +50,18 @@ def check_not_empty(example_inputs: Any) -> None:
         if isinstance(value, torch.Tensor) and value.numel() == 0:
             raise ArgumentError(f"{name} is empty (shape {tuple(value.shape)}): tracing and verification would "
                              f"check nothing. Give at least one sample, e.g. torch.randn(1, 3, 224, 224)")
+
+
+def check_finite(example_inputs: Any) -> None:
+    """Refuse a floating example input with no finite value (``torch.empty`` can hold such):
+    every output would be NaN or inf and verification would compare nothing."""
+    args, kwargs = as_inputs(example_inputs)
+    items = list(kwargs.items()) if kwargs else [(f"example_inputs[{i}]", a) for i, a in enumerate(args)]
+    for name, value in items:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() \
+                and not bool(torch.isfinite(value).any()):
+            raise ArgumentError(f"{name} holds no finite value (all NaN or inf; torch.empty can leave such values): "
+                                f"nothing could be verified on it. Give real data or torch.randn(...)")
 
 
 def input_spec(example_inputs: Any) -> list:

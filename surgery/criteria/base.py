@@ -21,7 +21,8 @@ import torch.nn as nn
 
 from surgery.core.errors import check_ratio, ArgumentError, ArgumentTypeError
 
-__all__ = ["GroupView", "Criterion", "Wrapper", "WeightCriterion", "layer_view", "conv_rows", "lowest", "n_remove"]
+__all__ = ["GroupView", "Criterion", "Wrapper", "WeightCriterion", "layer_view", "conv_rows", "lowest", "n_remove",
+           "checked_scores"]
 
 
 class GroupView:
@@ -116,10 +117,7 @@ class Criterion:
         Selection criteria such as k-means override this; the engine always calls it.
         """
         view = self.view_of(target)
-        scores = self.score(view)
-        if scores.shape != (len(scores),) or len(scores) != view.size:
-            raise ArgumentError(f"{type(self).__name__} returned scores of shape {tuple(scores.shape)}; "
-                             f"expected one score per channel")
+        scores = checked_scores(self, view, self.score(view))
         if not 0 <= n < len(scores):
             raise ArgumentError(f"can remove between 0 and {len(scores) - 1} of {len(scores)} channels, not {n}")
         return torch.argsort(scores, stable=True)[:n].sort().values
@@ -241,6 +239,30 @@ class WeightCriterion(Criterion):
     def score_group(self, view: GroupView) -> torch.Tensor:
         scores = torch.stack([self.score_part(_real(p)) for p in self.parts(view)])
         return self._REDUCE[self.reduce](scores)
+
+
+def checked_scores(criterion: Criterion, view: GroupView, scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` when they are one finite number per channel of ``view``; otherwise an error
+    naming the criterion and the layers (NaN or inf would pick channels by NaN ordering)."""
+    name = _name(criterion)
+    if not isinstance(scores, torch.Tensor) or scores.shape != (view.size,):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ArgumentError(f"{name} returned scores of shape {shape}; expected one score per channel ({view.size})")
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):
+        layers = ", ".join(n for ns in view.names.values() for n in ns)[:200] or "the given layer"
+        where = torch.nonzero(bad).flatten().tolist()
+        raise ArgumentError(f"criterion {name} returned non-finite scores (NaN or inf) for channels {where[:16]} of "
+                            f"{layers}: channels cannot be ranked by them. Check the criterion (and its calibration "
+                            f"data), or the layer's weights for NaN/inf")
+    return scores
+
+
+def _name(criterion: Criterion) -> str:
+    """``Normalized(Taylor)`` for a wrapper, the criterion's own name otherwise."""
+    base = getattr(criterion, "base", None)
+    own = getattr(criterion, "name", None) or type(criterion).__name__
+    return f"{type(criterion).__name__}({_name(base)})" if base is not None else own
 
 
 def _real(t: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from surgery.core.config import check_attention
 from surgery.core.frames import user_stacklevel
-from surgery.core.inputs import check_not_empty, input_spec, layer_names
+from surgery.core.inputs import check_finite, check_not_empty, input_spec, layer_names
 from surgery.groups.analysis import analyse
 from surgery.groups.graph import ChannelGraph, build_groups
 from surgery.groups.ties import couple_shared_tensors
@@ -52,6 +52,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     """
     check_model(model)
     check_not_empty(example_inputs)
+    check_finite(example_inputs)
     check_attention(attention)
     ignored = layer_names(model, ignored_layers, "ignored_layers")
     gm, front = capture(model, example_inputs, leaf_modules, tracer)

@@ -16,7 +16,7 @@ from surgery.core.inputs import tensor_at
 from surgery.ops.registry import handler_for
 from surgery.ops.context import Kind, RuleContext
 
-__all__ = ["couple_shared_tensors", "shared_owners"]
+__all__ = ["couple_shared_tensors", "shared_owners", "retie"]
 
 
 def shared_owners(root: nn.Module) -> list:
@@ -81,3 +81,15 @@ def _tensors_of(gm: fx.GraphModule, slot) -> list:
         return [(t, None) for t in list(module._parameters.values()) + list(module._buffers.values())
                 if t is not None]
     return [(getattr(module, attr), d) for attr, d in dims]
+
+
+def retie(root: nn.Module, ties: list) -> None:
+    """Tensors that were one object before the rewrite are one object after it."""
+    for owners in ties:
+        first = getattr(root.get_submodule(owners[0][0]) if owners[0][0] else root, owners[0][1])
+        for name, attr in owners[1:]:
+            module = root.get_submodule(name) if name else root
+            if getattr(module, attr).shape != first.shape:
+                raise RuntimeError(f"internal error: tied tensors {owners[0]} and {(name, attr)} were pruned "
+                                   f"differently; please report this model")
+            (module._parameters if attr in module._parameters else module._buffers)[attr] = first

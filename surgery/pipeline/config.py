@@ -31,12 +31,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
+import torch
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import surgery.criteria as criteria
+from surgery.core.architectures import build
 from surgery.core.config import PruneConfig
+from surgery.core.inputs import layer_names
 from surgery.core.errors import ArgumentError
 
 __all__ = ["RunConfig", "ConfigError", "resolve", "to_yaml", "PRESETS", "keys", "check_values", "prune_config",
@@ -266,7 +269,7 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
-_DICT_KEYS = {"model.kwargs", "prune.criterion_options"}
+_DICT_KEYS = {"model.kwargs", "prune.criterion_options", "prune.ratios"}
 
 
 def _check_keys(layer: dict, where: str) -> None:
@@ -317,7 +320,37 @@ def check_values(cfg: RunConfig) -> RunConfig:
     _at_least(p.max_batches, 1, "prune.max_batches")
     _at_least(p.epochs_between, 0, "prune.epochs_between")
     prune_config(p)
+    check_layer_names(cfg)
     return cfg
+
+
+def check_layer_names(cfg: RunConfig) -> None:
+    """Layer names in the prune section (``ignored_layers``, ``leaf_modules``, ``ratios`` keys)
+    name submodules of the model: checked on a skeleton built once on the meta device (no
+    weights allocated), before any epoch runs."""
+    p = cfg.prune
+    named = {"prune.ignored_layers": list(p.ignored_layers), "prune.leaf_modules": list(p.leaf_modules),
+             "prune.ratios": list(p.ratios)}
+    if not any(named.values()):
+        return
+    model = _skeleton(cfg)
+    for key, names in named.items():
+        try:
+            layer_names(model, names, key)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{err} (model {cfg.model.name!r}; names are module paths as in "
+                              f"model.named_modules())") from None
+
+
+def _skeleton(cfg: RunConfig) -> torch.nn.Module:
+    classes = len(cfg.data.classes) if cfg.data.classes else 10
+    try:
+        with torch.device("meta"):
+            return build(cfg.model.name, num_classes=classes, **cfg.model.kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model.name / model.kwargs: {err}") from None
+    except Exception:  # a builder that cannot run on the meta device: build it for real, once
+        return build(cfg.model.name, num_classes=classes, **cfg.model.kwargs)
 
 
 def _check_training(t: TrainSection, sec: str) -> None:

@@ -22,9 +22,9 @@ from surgery.ops.handler import PerChannelHandler, replace_param
 from surgery.ops.registry import handler_for
 from surgery.rewrite.model_config import follow_config
 from surgery.core.inputs import evaluating, flat_tensors, as_inputs
-from surgery.groups.ties import shared_owners
-from surgery.core.transaction import transaction
-from surgery.capture.fx import owning_module
+from surgery.groups.ties import retie, shared_owners
+from surgery.core.transaction import transaction, untouched
+from surgery.capture.fx import owning_module, width_owners
 from surgery.core.errors import InPlaceError
 
 __all__ = ["rewrite", "set_submodule", "keep_indices"]
@@ -125,20 +125,8 @@ def _rebuild(target: nn.Module, keeps: dict, kinds: dict) -> nn.Module:
     rebuilt = {name for name, is_param in by_layer if not is_param}
     for owner, attrs in owned.items():
         _slice_owned(target, owner, attrs, owner in rebuilt)
-    _retie(target, ties)
+    retie(target, ties)
     return target
-
-
-def _retie(root: nn.Module, ties: list) -> None:
-    """Tensors that were one object before the rewrite are one object after it."""
-    for owners in ties:
-        first = getattr(root.get_submodule(owners[0][0]) if owners[0][0] else root, owners[0][1])
-        for name, attr in owners[1:]:
-            module = root.get_submodule(name) if name else root
-            if getattr(module, attr).shape != first.shape:
-                raise RuntimeError(f"internal error: tied tensors {owners[0]} and {(name, attr)} were pruned "
-                                   f"differently; please report this model")
-            (module._parameters if attr in module._parameters else module._buffers)[attr] = first
 
 
 def _graph_module(model: nn.Module, target: nn.Module, changed, graph: ChannelGraph, warn: bool = True) -> nn.Module:
@@ -225,7 +213,7 @@ def _same_outputs(a: nn.Module, b: nn.Module, example_inputs) -> bool:
         return False
     args, kwargs = as_inputs(example_inputs)
     try:
-        with evaluating(a, b), torch.no_grad():
+        with evaluating(a, b), torch.no_grad(), untouched(a), untouched(b):
             out_a, out_b = flat_tensors(a(*args, **kwargs)), flat_tensors(b(*args, **kwargs))
         return len(out_a) == len(out_b) and all(
             x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(out_a, out_b))
@@ -289,16 +277,16 @@ def _follow_head_counts(target: nn.Module, graph: ChannelGraph, removed: np.ndar
 def _follow_widths(target: nn.Module, graph: ChannelGraph, removed: np.ndarray, before: dict) -> None:
     """An int attribute that the module's class uses as a size (``split((self.c, self.c), 1)``,
     ``view(b, self.c, -1)``, ``x[:, :self.c]``) and that equals a channel width its own
-    forward handles follows that width, when every dim of that size in the module's traced
+    forward handles (including the outputs of the torch.nn layers it calls) follows that width, when every dim of that size in the module's traced
     forward changed to one new size: code the trace never ran (``C2f.forward_split``) keeps
     working. When they changed differently (or some did not) it is left, with a warning.
     Attributes never used as sizes (``layer_idx``) are never touched."""
     gone = graph.removed_mask(removed)
     sizes: dict = defaultdict(lambda: defaultdict(set))  # owner -> old width -> new widths
     for node in graph.gm.graph.nodes:
-        owner = owning_module(node) or ""
         for vars_ in _axis_vars(node.meta.get(AXES_KEY)):
-            sizes[owner][len(vars_)].add(int((~gone[graph.roots[vars_]]).sum()))
+            for owner in width_owners(node):
+                sizes[owner][len(vars_)].add(int((~gone[graph.roots[vars_]]).sum()))
     unclear = []
     for owner, widths in sizes.items():
         try:

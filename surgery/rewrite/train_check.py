@@ -2,8 +2,8 @@
 
 The traced graph and the eval-mode comparison see one branch of a forward that branches on
 ``self.training`` (auxiliary heads, stochastic depth, a different path): the other branch
-would go unchecked. :func:`branches_on_training` says whether any module's code reads
-``training``; :func:`train_forward` runs a model in train mode so that two runs (the masked
+would go unchecked. :func:`branches_on_training` says whether the model computes something
+else in train mode (its fx graphs in the two modes differ); :func:`train_forward` runs a model in train mode so that two runs (the masked
 reference and the pruned model) are comparable and leave nothing behind:
 
 - dropout is the identity (its random mask has one entry per channel, so it cannot agree
@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from surgery.core.inputs import as_inputs
+from surgery.capture.fx import symbolic_trace
+from surgery.core.inputs import as_inputs, evaluating
+from surgery.core.transaction import untouched
 
 __all__ = ["branches_on_training", "train_forward"]
 
@@ -44,27 +46,79 @@ _DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, 
 _INNER_DROPOUT = {F.scaled_dot_product_attention: 4, F.multi_head_attention_forward: 10}
 
 
-def branches_on_training(model: nn.Module) -> bool:
-    """Whether the code of any module class of ``model`` (other than torch.nn's own layers,
-    whose train-mode behaviour is per channel) reads ``training``; True when a class's
-    source cannot be read."""
-    return any(_reads_training(type(m)) for m in model.modules())
+def branches_on_training(model: nn.Module, example_inputs: Any = None) -> bool:
+    """Whether ``model`` computes something else in train mode, decided by its graphs, not by
+    its source text: torch.fx captures it in train and in eval mode and the two graphs are
+    compared (a read of ``training`` anywhere in the call tree, a helper function's included,
+    changes what is captured). When fx cannot capture it, one eval forward on
+    ``example_inputs`` records whether any module outside torch.nn has its ``training`` read
+    (torch.nn's own layers behave per channel in train mode). True when neither can tell."""
+    try:
+        return _graphs_differ(model)
+    except Exception:  # fx cannot trace this model
+        pass
+    if example_inputs is not None:
+        try:
+            return _reads_training_when_run(model, example_inputs)
+        except Exception:
+            pass
+    return True
+
+
+def _graphs_differ(model: nn.Module) -> bool:
+    modes = {m: m.training for m in model.modules()}
+    try:
+        graphs = []
+        for train in (False, True):
+            model.train(train)
+            graphs.append(_signature(symbolic_trace(model)))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return graphs[0] != graphs[1]
+
+
+def _signature(gm: fx.GraphModule) -> list:
+    return [(n.op, getattr(n.target, "__qualname__", str(n.target)), repr(n.args), repr(n.kwargs))
+            for n in gm.graph.nodes]
+
+
+def _reads_training_when_run(model: nn.Module, example_inputs: Any) -> bool:
+    """Run once in eval mode with every user module's ``training`` recorded when read."""
+    reads = _Reads()  # not a list: restoring the model's containers after the run must not empty it
+    swapped = [(m, type(m)) for m in model.modules() if not type(m).__module__.startswith("torch.")]
+    for m, cls in swapped:
+        value = m.__dict__.pop("training")
+        m.__class__ = _recording(cls)
+        m.__dict__["_surgery_training"], m.__dict__["_surgery_reads"] = value, reads
+    try:
+        args, kwargs = as_inputs(example_inputs)
+        with untouched(model), evaluating(model), torch.no_grad():
+            reads.count = 0  # setting the mode read it; only the forward's reads count
+            model(*args, **kwargs)
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls
+            m.__dict__["training"] = m.__dict__.pop("_surgery_training")
+            m.__dict__.pop("_surgery_reads", None)
+    return reads.count > 0
+
+
+class _Reads:
+    count = 0
 
 
 @functools.lru_cache(maxsize=None)
-def _reads_training(cls: type) -> bool:
-    if cls.__module__.startswith(("torch.nn.", "torch.fx.")):
-        return False
-    for klass in cls.__mro__:
-        if klass in (nn.Module, object) or klass.__module__.startswith(("torch.nn.", "torch.fx.")):
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            return True
-        if "training" in source:
-            return True
-    return False
+def _recording(cls: type) -> type:
+    """A subclass of ``cls`` whose ``training`` attribute notes each read."""
+    def get(self):
+        self.__dict__["_surgery_reads"].count += 1
+        return self.__dict__["_surgery_training"]
+
+    def put(self, value):
+        self.__dict__["_surgery_training"] = value
+    return type(cls.__name__, (cls,), {"training": property(get, put), "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
 
 
 class _NoDropout(TorchFunctionMode):

@@ -31,10 +31,10 @@ from surgery.core.frames import user_stacklevel
 from surgery.groups.graph import ChannelGraph, Group, Kind
 from surgery.ops.handler import Handler
 from surgery.ops.registry import handler_for
-from surgery.core.inputs import as_inputs, check_not_empty, flat_tensors, run_eval, tensor_at
+from surgery.core.inputs import as_inputs, check_finite, check_not_empty, flat_tensors, run_eval, tensor_at
 from surgery.rewrite.reach import downstream, reached_outputs
 from surgery.rewrite.rebuild import keep_indices, rewrite
-from surgery.core.transaction import transaction
+from surgery.core.transaction import transaction, untouched
 from surgery.ops.context import VALUE_KEY, TensorMeta
 from surgery.rewrite.train_check import branches_on_training, train_forward
 from surgery.core.errors import VerificationError
@@ -42,6 +42,7 @@ from surgery.core.errors import VerificationError
 __all__ = ["Verification", "masked_reference", "verify", "checked_rewrite",
            "check_output_shapes", "FLOAT64_LIMIT"]
 
+MIN_FINITE = 0.5  # fraction of the original's output values that must be finite to say "verified"
 FLOAT64_LIMIT = 2 * 1024 ** 3  # bytes of float64 weights for the reference and the pruned copy together
 _TOL = {torch.float64: 1e-7, torch.float32: 2e-3}
 
@@ -59,17 +60,20 @@ class Verification:
     unchecked: list = field(default_factory=list)
     compared: str = ""
     train: str = ""
+    elements: int = 0  # output values compared (finite in the reference)
+    total: int = 0  # output values in the compared outputs
 
     def __str__(self) -> str:
         train = f"; {self.train}" if self.train else ""
+        counted = f", {self.elements:,} of {self.total:,} output values compared" if self.total else ""
         if self.exact:
             return (f"verified: pruned == masked original (max relative error {self.max_error:.2e}, "
-                    f"{self.dtype}){train}")
+                    f"{self.dtype}{counted}){train}")
         if self.max_error is not None:
             return (f"partly verified: {self.compared} equal the masked original (max relative error "
-                    f"{self.max_error:.2e}, {self.dtype}); the others' shapes only: "
+                    f"{self.max_error:.2e}, {self.dtype}{counted}); the others' shapes only: "
                     + self._reasons() + train)
-        return "output shapes verified; outputs not compared: " + self._reasons() + train
+        return "not verified (output shapes only); outputs not compared: " + self._reasons() + train
 
     def _reasons(self, shown: int = 3) -> str:
         """The first reasons in ``unchecked``, with a count of the rest (all are in the list)."""
@@ -151,14 +155,14 @@ def verify(reference: nn.Module, pruned: nn.Module, graph: ChannelGraph, removed
     dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()), torch.float32)
     inputs = _cast(example_inputs, dtype)
     tol = _TOL.get(dtype, 5e-2)
-    with cast_temporarily(pruned, dtype):
+    with cast_temporarily(pruned, dtype), untouched(pruned):
         ref_out, out = flat_tensors(run_eval(reference, inputs)), flat_tensors(run_eval(pruned, inputs))
         inexact = inexact_outputs(graph, removed)
         if len(inexact) != len(ref_out):  # the model ran another branch than the one traced
             inexact = [bool(crossed)] * len(ref_out)
         compare = [i for i, bad in enumerate(inexact) if not bad]
         _check_something_compared(ref_out, compare)
-        error = _relative_error(ref_out, out, compare)
+        error, elements, total = _relative_error(ref_out, out, compare)
         if not error <= tol:
             check_output_shapes(graph, pruned, inputs)  # a shape change gets its own message
             skip = _modules_after(graph, crossed)
@@ -170,13 +174,19 @@ def verify(reference: nn.Module, pruned: nn.Module, graph: ChannelGraph, removed
             train = _train_mode(None, pruned, inputs, tol, compare=False)
             train += " (a GraphModule: `if self.training` branches as traced)" if train else ""
     kind = str(dtype).replace("torch.", "")
+    counts = dict(elements=elements, total=total)
+    if total and elements < MIN_FINITE * total:
+        return Verification(exact=False, unchecked=[
+            f"only {elements:,} of {total:,} output values of the original are finite (NaN or inf in the inputs or "
+            f"weights; at least {MIN_FINITE:.0%} are needed to call it verified)"] + [w for w, _ in crossed],
+            train=train, **counts)
     if len(compare) == len(ref_out):
-        return Verification(exact=True, max_error=error, dtype=kind, train=train)
+        return Verification(exact=True, max_error=error, dtype=kind, train=train, **counts)
     unchecked = [what for what, _ in crossed]
     if not compare:
         return Verification(exact=False, unchecked=unchecked, train=train)
     return Verification(exact=False, max_error=error, dtype=kind, unchecked=unchecked,
-                        compared=f"outputs {compare} of {len(ref_out)}", train=train)
+                        compared=f"outputs {compare} of {len(ref_out)}", train=train, **counts)
 
 
 def _check_something_compared(ref_out: list, compare: list) -> None:
@@ -195,7 +205,7 @@ def _modules_after(graph: ChannelGraph, crossed: list) -> set:
 def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol: float, compare: bool) -> str:
     """Train-mode check for models whose code reads ``self.training``: the pruned model must
     run and (``compare``, with a ``reference``) equal the masked reference; '' when not needed."""
-    if not branches_on_training(reference if reference is not None else pruned):
+    if not branches_on_training(reference if reference is not None else pruned, inputs):
         return ""
     ref_out = None
     if reference is not None:
@@ -216,7 +226,7 @@ def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol
             f"those layers with ignored_layers") from err
     if ref_out is None:
         return "train mode: runs"
-    error = _relative_error(ref_out, out, list(range(len(ref_out))) if compare else [])
+    error = _relative_error(ref_out, out, list(range(len(ref_out))) if compare else [])[0]
     if not error <= tol:
         raise VerificationError(
             f"in train mode (the model's code reads self.training) the pruned model differs from the original "
@@ -247,26 +257,33 @@ def _cast(example_inputs: Any, dtype: torch.dtype) -> Any:
     return {k: cast(v) for k, v in kwargs.items()} if kwargs else tuple(cast(a) for a in args)
 
 
-def _relative_error(xs: list, ys: list, compare: list) -> float:
-    """Largest difference of the outputs in ``compare``, each relative to its own largest
-    value; inf when the outputs' number, shapes, NaNs or integer values differ."""
+def _relative_error(xs: list, ys: list, compare: list) -> tuple[float, int, int]:
+    """``(error, compared, total)``: the largest difference of the outputs in ``compare``, each
+    relative to the largest finite value of its reference, over the positions where the
+    reference is finite (``compared`` of ``total`` values). inf when the outputs' number,
+    shapes or integer values differ, or the pruned model is not finite where the reference is."""
     if len(xs) != len(ys) or any(x.shape != y.shape for x, y in zip(xs, ys)):
-        return float("inf")
-    error = 0.0
+        return float("inf"), 0, 0
+    error, compared, total = 0.0, 0, 0
     for i in compare:
         x, y = xs[i], ys[i]
+        total += x.numel()
         if not x.is_floating_point():
             if not torch.equal(x, y):
-                return float("inf")
+                return float("inf"), compared, total
+            compared += x.numel()
             continue
-        if not x.numel():
+        finite = torch.isfinite(x)
+        n = int(finite.sum())
+        if not n:
             continue
-        if bool(torch.isnan(x).ne(torch.isnan(y)).any()):
-            return float("inf")
-        x, y = torch.nan_to_num(x, nan=0.0), torch.nan_to_num(y, nan=0.0)
+        if not bool(torch.isfinite(y[finite]).all()):
+            return float("inf"), compared, total
+        compared += n
+        x, y = x[finite], y[finite]
         scale = float(x.abs().max()) or 1.0
         error = max(error, float((x - y).abs().max()) / scale)
-    return error
+    return error, compared, total
 
 
 def first_divergence(reference: nn.Module, pruned: nn.Module, inputs: Any, tol: float,
@@ -308,8 +325,11 @@ def _diverges(ref: list, new: list, keep: np.ndarray | None, tol: float) -> bool
             a = _kept_view(a, b, keep)
             if a is None:
                 continue  # cannot align: not the place to blame
-        scale = float(a.abs().max()) if a.numel() else 1.0
-        if a.numel() and float((a - b).abs().max()) > tol * max(scale, 1e-12):
+        finite = torch.isfinite(a)
+        if not bool(finite.any()):
+            continue
+        a, b = a[finite], b[finite]
+        if not bool(torch.isfinite(b).all()) or float((a - b).abs().max()) > tol * max(float(a.abs().max()), 1e-12):
             return True
     return False
 
@@ -377,6 +397,17 @@ def _shapes(obj: Any, leaf) -> Any:
     return tuple(v) if isinstance(v, torch.Size) else None
 
 
+def warn_non_finite(model: nn.Module) -> None:
+    """Name the parameters and buffers holding NaN or inf: the outputs they reach cannot be
+    compared, so verification covers less (it says how much)."""
+    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        warnings.warn(f"{len(bad)} parameters or buffers hold NaN or inf ({', '.join(bad[:3])}"
+                      f"{', ...' if len(bad) > 3 else ''}): outputs they reach are not compared by verification",
+                      stacklevel=user_stacklevel())
+
+
 def warn_norms(norms: list) -> None:
     """Say once per call which normalisations over channels make the rewrite inexact."""
     if norms:
@@ -394,6 +425,8 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
     user's model is never touched. ``inplace`` without ``new_object_ok`` returns the model
     object itself or raises :class:`surgery.rewrite.rebuild.InPlaceError`."""
     check_not_empty(example_inputs)
+    check_finite(example_inputs)
+    warn_non_finite(model)
     norms = crossed_norms(graph, removed)
     warn_norms(norms)
     reference = None
@@ -404,22 +437,23 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
         if verify_exact else ["verify=False"]
     with transaction(model) if inplace else contextlib.nullcontext():
         new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok)
-        try:
-            if reference is not None:
-                result = verify(reference, new, graph, removed, example_inputs)
-            else:
-                check_output_shapes(graph, new, example_inputs)
-                train = _train_mode(None, new, example_inputs, 0.0, False) if verify_exact and len(removed) else ""
-                result = Verification(exact=False, unchecked=skipped, train=train)
-        except VerificationError:
-            raise
-        except Exception as err:  # the rewritten model does not even run
-            where = _failing_module(new, example_inputs)
-            fix = (f"keep the channels of '{where}' with ignored_layers=['{where}']" if where else
-                   "keep the layers whose channels this step removes with ignored_layers")
-            raise VerificationError(f"the pruned model fails on the example inputs"
-                                    f"{f' in module {where!r}' if where else ''} ({type(err).__name__}: {err}); "
-                                    f"the model was left as it was. Please report this model; meanwhile {fix}.") from err
+        with untouched(new):  # the runs below leave the model's containers as they were
+            try:
+                if reference is not None:
+                    result = verify(reference, new, graph, removed, example_inputs)
+                else:
+                    check_output_shapes(graph, new, example_inputs)
+                    train = _train_mode(None, new, example_inputs, 0.0, False) if verify_exact and len(removed) else ""
+                    result = Verification(exact=False, unchecked=skipped, train=train)
+            except VerificationError:
+                raise
+            except Exception as err:  # the rewritten model does not even run
+                where = _failing_module(new, example_inputs)
+                fix = (f"keep the channels of '{where}' with ignored_layers=['{where}']" if where else
+                       "keep the layers whose channels this step removes with ignored_layers")
+                raise VerificationError(f"the pruned model fails on the example inputs"
+                                        f"{f' in module {where!r}' if where else ''} ({type(err).__name__}: {err}); "
+                                        f"the model was left as it was. Please report this model; meanwhile {fix}.") from err
     object.__setattr__(new, "surgery_verification", result)
     return new, result
 

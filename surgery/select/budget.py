@@ -17,6 +17,7 @@ import torch.nn as nn
 from surgery.core.frames import user_stacklevel
 from surgery.core.errors import ArgumentError
 import surgery.criteria as _criteria
+from surgery.criteria.base import checked_scores
 from surgery.core.config import PruneConfig
 from surgery.select.blocks import skipped_blocks
 from surgery.groups.graph import ChannelGraph, Group
@@ -126,7 +127,8 @@ class Budget:
         budget = _floor(ratio * sum(self.original(g) for g in groups)) - sum(self.original(g) - g.size for g in groups)
         if budget <= 0:
             return {}
-        scores = [scorer.score(group_view(graph, g)).double().numpy() for g in groups]
+        views = [group_view(graph, g) for g in groups]
+        scores = [checked_scores(scorer, v, scorer.score(v)).double().numpy() for v in views]
         owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])
         order = np.lexsort((np.concatenate([np.arange(len(s)) for s in scores]), owner, np.concatenate(scores)))
         caps = [g.size - self._floor_kept(g) for g in groups]

@@ -97,7 +97,7 @@ def test_inplace_failure_of_any_kind_restores_the_model(monkeypatch):
         raise RuntimeError("simulated failure inside the rewrite")
 
     monkeypatch.setattr("surgery.rewrite.rebuild._slice_owned", boom)
-    monkeypatch.setattr("surgery.rewrite.rebuild._retie", boom)
+    monkeypatch.setattr("surgery.rewrite.rebuild.retie", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         surgery.prune(model, X, ratio=0.5, inplace=True)
     assert _same_state(before, _state(model)) and model[0][0].out_channels == 8
