@@ -39,11 +39,13 @@ class CliError(SurgeryError):
     """A user error found by the command line itself: printed as one line, exit status 2."""
 
 
-def build_model(spec: str, num_classes: int) -> nn.Module:
-    """The model named by ``spec`` (see the module docstring), random weights."""
+def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
+    """The model named by ``spec`` (see the module docstring), random weights; with
+    ``num_classes`` None, the builder's own default (1000 for torchvision and timm ImageNet
+    models, 10 for the zoo)."""
     from surgery.core.architectures import build
     try:
-        return build(spec, num_classes=num_classes)
+        return build(spec, **({} if num_classes is None else {"num_classes": num_classes}))
     except ValueError as err:
         raise CliError(str(err)) from None
 
@@ -130,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("model", help="models.create name, torchvision:NAME, timm:NAME or module:function")
         s.add_argument("--input-shape", type=_shape, default=(1, 3, 32, 32), help="default 1,3,32,32")
-        s.add_argument("--num-classes", type=int, default=10)
+        s.add_argument("--num-classes", type=int, default=None,
+                       help="classes of the model's head (default: the model's own: 1000 for torchvision:/timm: "
+                            "ImageNet models, 10 for the zoo)")
         s.add_argument("--weights", help="a state_dict file to load into the model first")
         s.add_argument("--seed", type=int, default=0, help="seeds random weights and inputs (default 0)")
     pr = sub.choices["prune"]
@@ -140,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-root", default="data", help="where --data lives (nothing is downloaded)")
     pr.add_argument("--max-batches", type=int, default=8)
     pr.add_argument("--output", help="save the pruned model (plans + weights, surgery.save) to this file")
+    pr.add_argument("--dry-run", action="store_true",
+                    help="print the plan (channels each group loses) and its preview (params and FLOPs per layer "
+                         "before and after); change nothing, write nothing")
     return p
 
 
@@ -155,8 +162,11 @@ def _pipeline_parsers(sub) -> None:
                                    "environment variables, then KEY=VALUE overrides.")
     _layering(r)
     r.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<timestamp>)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="finish the run in this folder from its last checkpoint")
+    r.add_argument("--resume", metavar="RUN_DIR", help="finish the run in this folder from its last checkpoint; "
+                   "KEY=VALUE may change stages that have not finished there")
     r.add_argument("--eval-only", action="store_true", help="only measure --model-path")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the plan and its preview on the untrained model; train nothing, write nothing")
     r.add_argument("--model-path", help="a model saved by surgery.save (with --eval-only)")
     c = sub.add_parser("config", help="print the resolved pipeline configuration")
     c.add_argument("action", choices=["show"])
@@ -184,6 +194,9 @@ def _pipeline(args) -> int:
         return 0
     overrides = list(args.overrides) + ([f"out={args.out}"] if getattr(args, "out", None) else [])
     if args.command == "run" and args.resume:
+        if args.config or args.preset or getattr(args, "out", None):
+            raise CliError("--resume RUN takes its configuration from RUN/config.yaml: give changes as KEY=VALUE "
+                           "(only for stages that have not finished), not --config, --preset or --out")
         cfg = None
     else:
         cfg = pconfig.resolve(args.config, args.preset, overrides)
@@ -197,7 +210,15 @@ def _pipeline(args) -> int:
         print(result.markdown)
         return 0
     from surgery.pipeline import run
-    result = run(cfg, resume=args.resume, eval_only=args.eval_only, model_path=args.model_path)
+    if args.dry_run:
+        from surgery.pipeline.runner import dry_run
+        print(dry_run(cfg))
+        return 0
+    if args.model_path and not args.eval_only:
+        raise CliError("--model-path is only read with --eval-only (it measures that saved model); to prune and "
+                       "fine-tune from trained weights, pass model.checkpoint=<a state_dict file>")
+    result = run(cfg, resume=args.resume, overrides=args.overrides if args.resume else (),
+                 eval_only=args.eval_only, model_path=args.model_path)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
         _print_summary(result.metrics, result.out)
     return 0
@@ -238,7 +259,7 @@ def _run(args) -> int:
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.num_classes).eval()
     if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        _load_weights(model, args.weights)
     x = torch.randn(*args.input_shape, generator=torch.Generator().manual_seed(args.seed))
     if args.command == "inspect":
         with warnings.catch_warnings():
@@ -251,10 +272,21 @@ def _run(args) -> int:
 def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
     from surgery.core.metrics import count_flops, count_params
     options = config_options(args)
+    import surgery.criteria as criteria
+    crit = criteria.get(options.get("criterion", "l1"))
+    if crit.needs_data and not args.data:
+        raise CliError(f"criterion {options.get('criterion')} scores channels from data: add --data digits (bundled) "
+                       f"or --data cifar10 --data-root DIR (a local copy), and --max-batches N to limit it")
     data = _calibration(args, tuple(x.shape)) if args.data else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pruner = surgery.Pruner(model, x, data=data, max_batches=args.max_batches if data else None, **options)
+        if args.dry_run:
+            print(f"{args.model}: dry run (nothing changed, nothing written); first step of "
+                  f"{pruner.config.iterative_steps}\n")
+            print(pruner.plan().summary() + "\n")
+            print(pruner.preview())
+            return 0
         pruned = pruner.run()
     rows = [("params", count_params(model), count_params(pruned)),
             ("FLOPs", count_flops(model, x), count_flops(pruned, x))]
@@ -267,9 +299,29 @@ def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
     for name, a, b in rows:
         print(f"{name:8}{a:>14,}{b:>14,}{b / a:>8.1%}")
     if args.output:
-        surgery.save(pruned, args.output, architecture={"name": args.model, "num_classes": args.num_classes})
+        arch = {"name": args.model, **({} if args.num_classes is None else {"num_classes": args.num_classes})}
+        surgery.save(pruned, args.output, architecture=arch)
         print(f"saved to {args.output} (surgery.load({args.output!r}) rebuilds it)")
     return 0
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Load a state_dict after checking it whole: a mismatch is named in one line."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CliError(f"--weights {path} holds a {type(state).__name__}, not a state_dict")
+    own = model.state_dict()
+    wrong = [f"{k} (file {tuple(state[k].shape)}, model {tuple(v.shape)})" for k, v in own.items()
+             if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or unexpected:
+        what = wrong[:2] or ([f"missing {missing[:2]}"] if missing else []) + ([f"unexpected {unexpected[:2]}"]
+                                                                               if unexpected else [])
+        hint = " (a different --num-classes?)" if wrong else ""
+        raise CliError(f"--weights {path} does not fit {type(model).__name__}: {'; '.join(what)}{hint}")
+    model.load_state_dict(state)
 
 
 def _calibration(args, shape: tuple):
@@ -279,7 +331,7 @@ def _calibration(args, shape: tuple):
     if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
         raise CliError(f"--data needs a square 3-channel --input-shape N,3,S,S, got {','.join(map(str, shape))}")
     data = load(DataSection(name=args.data, root=args.data_root, image_size=shape[2], augment=False), args.seed)
-    if data.num_classes > args.num_classes:
+    if args.num_classes is not None and data.num_classes > args.num_classes:
         raise CliError(f"--data {args.data} has {data.num_classes} classes; give --num-classes {data.num_classes}")
     return loader(data.calibration, 32)
 

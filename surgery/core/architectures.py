@@ -126,7 +126,10 @@ def build_function(spec: str):
     where, _, fn_name = spec.rpartition(":")
     if where.endswith(".py"):
         if not os.path.exists(where):
-            raise ArgumentError(f"no such file: {where}")
+            raise ArgumentError(
+                f"no such file: {where} (looked in {os.getcwd()}). A spec names its file relative to where it was "
+                f"written: run from that folder, or pass the function yourself: surgery.load(path, "
+                f"builders={{{spec!r}: build}}) / --builder with a path that exists here, or model=<a fresh instance>")
         module_spec = importlib.util.spec_from_file_location("_surgery_user_model", where)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)

@@ -46,6 +46,7 @@ __all__ = ["RunConfig", "ConfigError", "resolve", "to_yaml", "PRESETS", "keys", 
            "safe_yaml"]
 
 BUDGET_KEYS = ("ratio", "target_flops", "target_params")
+DEFAULT_TARGET_FLOPS = 0.5  # the budget when no budget key is given: keep half the FLOPs
 ENV_PREFIX = "SURGERY_"
 YAML_NODE_LIMIT = 100_000  # values in a YAML document once its aliases are expanded
 
@@ -178,6 +179,8 @@ def resolve(config_file: str | os.PathLike | dict | None = None, preset: str | N
         except OmegaConfBaseException as err:
             raise ConfigError(f"{where}: {_short(err)}") from None
     cfg = OmegaConf.to_object(merged)
+    if all(getattr(cfg.prune, k) is None for k in BUDGET_KEYS):
+        cfg.prune.target_flops = DEFAULT_TARGET_FLOPS  # stated, so config.yaml and reports show what runs
     return check_values(cfg)
 
 
@@ -384,7 +387,8 @@ def prune_config(p: PruneSection):
         criterion = criteria.get(p.criterion, **p.criterion_options)
     except (ValueError, TypeError, KeyError) as err:
         raise ConfigError(f"prune.criterion / prune.criterion_options: {err}") from None
-    budget = {k: getattr(p, k) for k in BUDGET_KEYS if getattr(p, k) is not None} or {"target_flops": 0.5}
+    budget = {k: getattr(p, k) for k in BUDGET_KEYS if getattr(p, k) is not None} or {
+        "target_flops": DEFAULT_TARGET_FLOPS}
     options = {k: getattr(p, k) for k in PRUNE_OPTIONS if k not in BUDGET_KEYS and k != "criterion"}
     try:
         return PruneConfig(criterion=criterion, **options, **budget)

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -191,9 +192,10 @@ def _torchvision(cfg):
         train_aug, train_plain, test = (spec.build(cfg.root, True, aug), spec.build(cfg.root, True, plain),
                                         spec.build(cfg.root, False, plain))
     except (RuntimeError, FileNotFoundError) as err:
+        why = re.sub(r"\s*You can use download=True to download it\.?", "", str(err)).strip()
         raise FileNotFoundError(
             f"{cfg.name} not found under {os.path.abspath(cfg.root)!r}: expected {spec.expected} there "
-            f"(nothing is downloaded; put a local copy there or set data.root) [{err}]") from None
+            f"(nothing is downloaded; put a local copy there or set data.root) [{why}]") from None
     names = getattr(test, "classes", None) or [str(i) for i in range(max(_targets(test)) + 1)]
     return train_aug, train_plain, test, list(names), size
 

@@ -45,15 +45,16 @@ from surgery.core.metrics import count_flops
 from surgery.pipeline import data as datasets
 from surgery.pipeline.insight import insight
 from surgery.pipeline.config import ConfigError, RunConfig, check_values, prune_config, resolve, to_yaml
-from surgery.pipeline.measure import measure
+from surgery.pipeline.measure import busy_warning, latency_interleaved, measure
 from surgery.pipeline.report_files import write_reports
+from surgery.reporting.render import budget_text
 from surgery.pipeline.training import distributed, evaluate_accuracy, fit, is_main, sync_from_rank0
 from surgery.plan import Plan
 from surgery.pruner import Pruner
 from surgery.replay import apply_plan
 from surgery.saving import load, save
 
-__all__ = ["run", "Result"]
+__all__ = ["run", "dry_run", "Result"]
 
 
 @dataclass
@@ -67,10 +68,14 @@ class Result:
 
 
 def run(config: RunConfig | dict | str | os.PathLike | None = None, *, resume: str | os.PathLike | None = None,
-        eval_only: bool = False, model_path: str | os.PathLike | None = None) -> Result:
+        overrides: list | tuple = (), eval_only: bool = False, model_path: str | os.PathLike | None = None) -> Result:
     """Run the pipeline. ``config``: a RunConfig, a dict of sections, a YAML path, or None
-    (the defaults: digits, a small CNN, half the FLOPs). ``resume``: a run folder to finish.
-    ``eval_only`` with ``model_path`` (a file from :func:`surgery.save`) only measures it.
+    (the defaults: digits, a small CNN, half the FLOPs). A run folder is one run: ``out``
+    naming a folder that holds another run is refused. ``resume``: a run folder to finish;
+    ``overrides`` (``["finetune.epochs=5"]``) may change only stages that have not finished
+    there (a changed finished stage is refused, naming the key). ``eval_only`` with
+    ``model_path`` (a file from :func:`surgery.save`) only measures it; ``model_path`` without
+    ``eval_only`` is refused (to start from trained weights, set ``model.checkpoint``).
 
     Example:
         >>> from surgery.pipeline import run
@@ -79,35 +84,105 @@ def run(config: RunConfig | dict | str | os.PathLike | None = None, *, resume: s
         >>> sorted(result.metrics)                                                       # doctest: +SKIP
         ['accuracy_after_prune', 'original', 'pruned', 'steps', 'times', 'verification']
     """
-    cfg, out = _setup(config, resume)
+    if model_path is not None and not eval_only:
+        raise ArgumentError("model_path (--model-path) is only read with eval_only=True (--eval-only), which "
+                            "measures that saved model; to prune and fine-tune from trained weights, set "
+                            "model.checkpoint=<a state_dict file> instead")
+    cfg, out = _setup(config, resume, overrides)
     ctx = _Context(cfg, out)
     try:
         if eval_only:
             return ctx.evaluate_only(model_path)
         return ctx.pipeline()
+    except BaseException as err:
+        ctx.failed(err)
+        raise
     finally:
         ctx.close()
 
 
-def _setup(config, resume) -> tuple[RunConfig, Path]:
+def dry_run(config: RunConfig | dict | str | os.PathLike | None = None, overrides: list | tuple = ()) -> str:
+    """What ``run`` would prune, on the untrained model, as text: the plan (groups and the
+    channels each loses) and its preview (channels, parameters and FLOPs per layer before and
+    after). Nothing is trained and nothing is written."""
+    cfg = check_values(config) if isinstance(config, RunConfig) else resolve(config, env={}, overrides=overrides)
+    _seed(cfg.seed)
+    data = datasets.load(cfg.data, cfg.seed)
+    model = build(cfg.model.name, num_classes=data.num_classes, **cfg.model.kwargs).eval()
+    p = cfg.prune
+    criterion = _criteria.get(p.criterion, **p.criterion_options)
+    calib = datasets.loader(data.calibration, cfg.data.batch_size) if criterion.needs_data else None
+    pruner = Pruner(model, _example(data, torch.device("cpu")), prune_config(p), data=calib,
+                    max_batches=p.max_batches if calib is not None else None)
+    lines = [f"dry run: {cfg.model.name} on {cfg.data.name}, {budget_text(dataclasses.asdict(p))}, criterion "
+             f"{p.criterion}, {p.iterative_steps} step(s); first step shown, on the untrained model (trained "
+             f"weights choose other channels, the same counts)", "", pruner.plan().summary(), "",
+             str(pruner.preview()), "", "nothing was trained or written"]
+    return "\n".join(lines)
+
+
+def _setup(config, resume, overrides=()) -> tuple[RunConfig, Path]:
     if resume is not None:
-        folder = Path(resume)
-        if not (folder / "config.yaml").exists():
-            raise FileNotFoundError(f"{folder} is not a run folder (no config.yaml); give the folder a run wrote")
-        return resolve(folder / "config.yaml", env={}), folder
+        if config is not None:
+            raise ArgumentError("give either a configuration or resume=<run folder> (its config.yaml is the "
+                                "configuration), not both; changes go in overrides")
+        return _resumed(Path(resume), list(overrides))
     if config is None:
-        cfg = resolve(env={})
+        cfg = resolve(env={}, overrides=overrides)
     elif isinstance(config, RunConfig):
+        if overrides:
+            raise ArgumentError("overrides go with a dict, a YAML path or resume=, not with a RunConfig object")
         cfg = check_values(config)
-    elif isinstance(config, dict):
-        cfg = resolve(config, env={})
-    elif isinstance(config, (str, os.PathLike)):
-        cfg = resolve(config, env={})
+    elif isinstance(config, (dict, str, os.PathLike)):
+        cfg = resolve(config, env={}, overrides=overrides)
     else:
         raise ArgumentTypeError(f"config must be a RunConfig, a dict, a YAML path or None, got {type(config).__name__}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.model.name}-{cfg.data.name}")
-    return cfg, Path(cfg.out or os.path.join("runs", f"{name}-{stamp}"))
+    out = Path(cfg.out or os.path.join("runs", f"{name}-{stamp}"))
+    if (out / "config.yaml").exists() or (out / "checkpoints").exists():
+        raise ConfigError(f"{out} already holds a run (its config.yaml and checkpoints are that run's): finish or "
+                          f"change it with --resume {out} (run(resume=...)), or give a new folder with --out")
+    return cfg, out
+
+
+# which configuration keys each stage reads: a finished stage's keys cannot change on resume
+_STAGE_KEYS = {"train": ("seed", "device", "model.", "data.", "train."), "prune": ("prune.",),
+               "finetune": ("finetune.",)}
+
+
+def _finished_stages(folder: Path) -> list:
+    ckpt = folder / "checkpoints"
+    done = [("train", ckpt / "trained.pt"), ("prune", ckpt / "pruned.pt"), ("finetune", folder / "metrics.json")]
+    return [stage for stage, path in done if path.exists()]
+
+
+def _resumed(folder: Path, overrides: list) -> tuple[RunConfig, Path]:
+    """The stored configuration with ``overrides`` applied, refused where they would change a
+    stage the folder has already finished."""
+    if not (folder / "config.yaml").exists():
+        raise FileNotFoundError(f"{folder} is not a run folder (no config.yaml); give the folder a run wrote")
+    stored = resolve(folder / "config.yaml", env={})
+    cfg = resolve(folder / "config.yaml", env={}, overrides=overrides) if overrides else stored
+    old, new = _flat(dataclasses.asdict(stored)), _flat(dataclasses.asdict(cfg))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "out")
+    finished = _finished_stages(folder)
+    for key in changed:
+        stage = next((s for s, prefixes in _STAGE_KEYS.items() if key.startswith(prefixes) or key in prefixes), None)
+        if stage in finished:
+            raise ConfigError(f"--resume {folder}: {key} cannot change, the {stage} stage has finished in this folder "
+                              f"(stages finished: {', '.join(finished)}); start a new run with --out to change it")
+    return cfg, folder
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k not in ("kwargs", "criterion_options", "ratios"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 class _Context:
@@ -118,13 +193,28 @@ class _Context:
         self.device = _device(cfg.device)
         self.rows: list[dict] = []
         self.times: dict[str, float] = {}
+        self.origins: dict[str, str] = {}  # checkpoint -> where it came from (trained here, loaded from ...)
+        self.facts = run_facts(cfg, self.device)
         if is_main():
             self.ckpt.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(to_yaml(cfg))
+            (out / "config.yaml").write_text(_header(self.facts) + to_yaml(cfg))
             self._log_file = open(out / "log.txt", "a", encoding="utf-8")
         else:
             self._log_file = None
         _seed(cfg.seed)
+        self.log(f"run: {self.facts['budget']}; world size {self.facts['world_size']}, backend "
+                 f"{self.facts['backend']}, device {self.device}")
+        if cfg.device != "cuda" and self.device.type == "cpu" and (cfg.train.amp or cfg.finetune.amp):
+            self.log("amp: mixed precision is a CUDA feature; on this CPU run train.amp/finetune.amp are ignored")
+
+    def failed(self, err: BaseException) -> None:
+        """Say in log.txt and in metrics.json (status "failed") that this run stopped, and why."""
+        if not is_main() or self._log_file is None:
+            return
+        self.log(f"FAILED: {type(err).__name__}: {err}")
+        (self.out / "metrics.json").write_text(json.dumps(
+            {"status": "failed", "error": f"{type(err).__name__}: {err}", **self.facts,
+             "origins": self.origins}, indent=1))
 
     def log(self, text: str) -> None:
         if not is_main():
@@ -155,10 +245,12 @@ class _Context:
         _same_on_every_rank(pruned)
         pruned = self._finetuned(pruned, original, data)
         metrics1 = self._measure(pruned, data)
+        metrics0, metrics1, busy = self._timed(original, pruned, metrics0, metrics1, data)
         self.log(f"fine-tuned: accuracy {metrics1['accuracy']:.4f}, {metrics1['params']:,} params "
                  f"({metrics1['params'] / metrics0['params']:.1%}), {metrics1['flops']:,} FLOPs "
                  f"({metrics1['flops'] / metrics0['flops']:.1%})")
-        metrics = {"original": metrics0, "pruned": metrics1, "accuracy_after_prune": after_prune,
+        metrics = {"status": "finished", **self.facts, "origins": self.origins, "latency_warning": busy,
+                   "original": metrics0, "pruned": metrics1, "accuracy_after_prune": after_prune,
                    "steps": steps, "verification": verification, "times": self._times(),
                    "class_names": data.class_names, "input_shape": list(data.input_shape),
                    "num_classes_trained": self._trained_classes}
@@ -171,8 +263,13 @@ class _Context:
             raise ArgumentError("eval_only needs model_path=<a file written by surgery.save> (--model-path)")
         data = datasets.load(self.cfg.data, self.cfg.seed)
         model = load(model_path, self._fresh(data.num_classes)).to(self.device)
-        metrics = {"pruned": self._measure(model, data), "class_names": data.class_names,
-                   "evaluated": str(model_path)}
+        measured = measure(model, data.test, data.input_shape, self.device, data.num_classes, self.cfg.eval,
+                           self.cfg.data.batch_size)
+        busy = busy_warning(measured.get("latency_ms"))
+        if busy:
+            self.log(f"WARNING: {busy}")
+        metrics = {"status": "finished", **self.facts, "pruned": measured, "class_names": data.class_names,
+                   "evaluated": str(model_path), "latency_warning": busy}
         self.log(f"{model_path}: accuracy {metrics['pruned']['accuracy']:.4f}, "
                  f"{metrics['pruned']['params']:,} params")
         if is_main():
@@ -189,11 +286,14 @@ class _Context:
         model = self._fresh(full.num_classes)
         if done.exists():
             model.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
+            self.origins["trained"] = f"trained earlier in this run folder ({done}), resumed"
             self.log(f"train: loaded the trained model from {done}")
         elif cfg.model.checkpoint:
             model.load_state_dict(torch.load(cfg.model.checkpoint, map_location="cpu", weights_only=True))
+            self.origins["trained"] = f"loaded from model.checkpoint {cfg.model.checkpoint}"
             self.log(f"train: skipped, weights from {cfg.model.checkpoint}")
         else:
+            self.origins["trained"] = "trained in this run"
             t0 = time.perf_counter()
             self.rows += fit(model, full, cfg.train, stage="train", device=self.device, seed=cfg.seed,
                              batch_size=cfg.data.batch_size, checkpoint=str(self.ckpt / "train_last.pt"),
@@ -210,10 +310,12 @@ class _Context:
     def _pruned(self, original: nn.Module, data) -> tuple[nn.Module, list, str]:
         done, info = self.ckpt / "pruned.pt", self.ckpt / "pruned.json"
         if done.exists() and info.exists():
+            self.origins["pruned"] = f"pruned earlier in this run folder ({done}), resumed"
             self.log(f"prune: loaded the pruned model from {done}")
             saved = json.loads(info.read_text())
             return load(done, self._fresh(data.num_classes)).to(self.device), saved["steps"], saved["verification"]
         p, cfg = self.cfg.prune, self.cfg
+        self.origins["pruned"] = "pruned in this run"
         example = _example(data, self.device)
         config = prune_config(p)
         needs_data = _criteria.get(p.criterion, **p.criterion_options).needs_data
@@ -267,7 +369,20 @@ class _Context:
 
     def _measure(self, model: nn.Module, data) -> dict:
         return measure(model, data.test, data.input_shape, self.device, data.num_classes, self.cfg.eval,
-                       self.cfg.data.batch_size)
+                       self.cfg.data.batch_size, timed=False)
+
+    def _timed(self, original: nn.Module, pruned: nn.Module, m0: dict, m1: dict, data) -> tuple:
+        """Both models' latency, timed interleaved in this process; a busy machine is said."""
+        e = self.cfg.eval
+        if not e.latency:
+            return m0, m1, ""
+        lat = latency_interleaved({"original": original, "pruned": pruned}, data.input_shape, e.batch_sizes,
+                                  e.repeats, e.warmup, self.device)
+        extra = {"latency_threads": torch.get_num_threads(), "latency_device": str(self.device)}
+        busy = busy_warning(lat["original"], lat["pruned"])
+        if busy:
+            self.log(f"WARNING: {busy}")
+        return ({**m0, "latency_ms": lat["original"], **extra}, {**m1, "latency_ms": lat["pruned"], **extra}, busy)
 
     def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
         path = self.ckpt / name
@@ -345,6 +460,18 @@ def _same_on_every_rank(model: nn.Module) -> None:
     if any(other != every[0] for other in every):
         raise RuntimeError("ranks hold different pruned models after the broadcast of rank 0's plan; "
                            "please report this as a bug")
+
+
+def run_facts(cfg: RunConfig, device: torch.device) -> dict:
+    """What a run folder states about how it ran: the budget, the world size and backend."""
+    world = dist.get_world_size() if distributed() else 1
+    return {"budget": budget_text(dataclasses.asdict(cfg.prune)), "world_size": world,
+            "backend": dist.get_backend() if distributed() else "none (one process)", "device": str(device)}
+
+
+def _header(facts: dict) -> str:
+    return (f"# {facts['budget']}; world size {facts['world_size']}, backend {facts['backend']}, "
+            f"device {facts['device']}\n")
 
 
 def _init_distributed() -> bool:

@@ -44,7 +44,7 @@ def sweep(cfg: RunConfig, *, criteria: list, ratios: list, seeds: list, out: str
         name = f"{crit}-r{ratio}-s{seed}"
         prune = dataclasses.replace(cfg.prune, criterion=crit, ratio=ratio, target_flops=None, target_params=None)
         model = dataclasses.replace(cfg.model, checkpoint=trained.get(seed, cfg.model.checkpoint))
-        one = dataclasses.replace(cfg, seed=seed, prune=prune, model=model, out=str(folder / name), report=False,
+        one = dataclasses.replace(cfg, seed=seed, prune=prune, model=model, out=str(folder / name), report=cfg.report,
                                   eval=dataclasses.replace(cfg.eval, latency=False))
         m = run(one).metrics
         trained.setdefault(seed, str(folder / name / "checkpoints" / "trained.pt"))

@@ -52,7 +52,9 @@ def summary_rows(report) -> list[tuple[str, str, str, str]]:
     rows.append(("FLOPs (MACs)", fmt("n", flops[0]), fmt("n", flops[1]), _change("n", *flops)))
     for batch in (p.get("latency_ms") or {}):
         a, b = (o.get("latency_ms") or {}).get(batch, {}).get("median_ms"), p["latency_ms"][batch]["median_ms"]
-        rows.append((f"latency, batch {batch} (median)", fmt("latency", a), fmt("latency", b),
+        spread = p["latency_ms"][batch].get("spread")
+        label = f"latency, batch {batch} (median" + (f", spread {spread:.0%})" if spread is not None else ")")
+        rows.append((label, fmt("latency", a), fmt("latency", b),
                      "" if not (a and b) else f"{a / b:.2f}x faster" if a >= b else f"{b / a:.2f}x slower"))
     if "size_bytes" in p:
         rows.append(("size on disk", fmt("size", o.get("size_bytes")), fmt("size", p["size_bytes"]),
@@ -60,18 +62,37 @@ def summary_rows(report) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def budget_text(prune: dict) -> str:
+    """The budget a prune section states, in words ("target: keep 50% of FLOPs")."""
+    if prune.get("target_flops") is not None:
+        return f"target: keep {prune['target_flops']:.0%} of FLOPs"
+    if prune.get("target_params") is not None:
+        return f"target: keep {prune['target_params']:.0%} of parameters"
+    if prune.get("ratio") is not None:
+        scope = "of all channels (global ranking)" if prune.get("global_pruning") else "of each group's channels"
+        return f"target: remove {prune['ratio']:.0%} {scope}"
+    return ""
+
+
 def headline(report) -> str:
     """One sentence: what was pruned, how, and whether it was verified."""
     cfg = report.config or {}
     p, m = cfg.get("prune") or {}, report.metrics or {}
-    budget = next((f"{k.replace('_', ' ')} {p[k]}" for k in ("ratio", "target_flops", "target_params")
-                   if p.get(k) is not None), "")
+    budget = budget_text(p)
     parts = [f"{cfg['model']['name']} on {cfg['data']['name']}" if cfg.get("model") else "",
              f"criterion {p['criterion']}" if p.get("criterion") else "", budget,
              f"{p['iterative_steps']} steps" if p.get("iterative_steps", 1) > 1 else "",
              f"fine-tuned {cfg['finetune']['epochs']} epochs" if cfg.get("finetune") else "",
-             m.get("verification", "")]
+             m.get("verification", ""), run_line(m)]
     return "; ".join(x for x in parts if x) or "Per-layer comparison of the original and the pruned model."
+
+
+def run_line(metrics: dict) -> str:
+    """How the run ran: world size, backend, and where each checkpoint came from."""
+    if "world_size" not in metrics:
+        return ""
+    origins = ", ".join(f"{k} model {v}" for k, v in (metrics.get("origins") or {}).items())
+    return f"world size {metrics['world_size']} (backend {metrics['backend']})" + (f"; {origins}" if origins else "")
 
 
 def risks(report) -> list[str]:
@@ -92,6 +113,8 @@ def risks(report) -> list[str]:
             name = names[i] if i < len(names) else str(i)
             out.append(f"class {name}: accuracy fell {100 * (a - b):.1f} points ({fmt('accuracy', a)} -> "
                        f"{fmt('accuracy', b)})")
+    if m.get("latency_warning"):
+        out.append(m["latency_warning"])
     verification = m.get("verification") or ""
     if verification and not verification.startswith("verified"):
         out.append(f"not every group was verified exactly: {verification}")
@@ -99,8 +122,9 @@ def risks(report) -> list[str]:
         drop = o["accuracy"] - m["accuracy_after_prune"]
         if drop > PRUNE_DROP:
             out.append(f"accuracy fell {100 * drop:.1f} points right after pruning (before fine-tuning: "
-                       f"{fmt('accuracy', m['accuracy_after_prune'])}); fine-tuning recovered "
-                       f"{fmt('accuracy', p.get('accuracy'))}")
+                       f"{fmt('accuracy', m['accuracy_after_prune'])}); after fine-tuning "
+                       f"{fmt('accuracy', p.get('accuracy'))}, a recovery ratio (fine-tuned / original accuracy) of "
+                       f"{p.get('accuracy', 0) / o['accuracy']:.1%}" if o["accuracy"] else "")
     return out
 
 
