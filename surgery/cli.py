@@ -176,6 +176,8 @@ def _pipeline_parsers(sub) -> None:
     w.add_argument("--criteria", default="l1", help="comma-separated criteria names")
     w.add_argument("--ratios", default="0.3,0.5,0.7", help="comma-separated ratios")
     w.add_argument("--seeds", default="0", help="comma-separated seeds")
+    w.add_argument("--kinds", default=None, help="comma-separated: channel (remove channels), kernel, intra_kernel, "
+                   "weight (zero weights with masks); default: prune.kind")
     w.add_argument("--out", help="sweep folder (default runs/sweep-<timestamp>)")
     rp = sub.add_parser("report", help="rebuild report.html and report.pdf of a run folder")
     rp.add_argument("run_dir")
@@ -206,6 +208,7 @@ def _pipeline(args) -> int:
     if args.command == "sweep":
         from surgery.pipeline.sweep import sweep
         result = sweep(cfg, criteria=args.criteria.split(","), ratios=[float(r) for r in args.ratios.split(",")],
+                       kinds=args.kinds.split(",") if args.kinds else None,
                        seeds=[int(s) for s in args.seeds.split(",")], out=args.out)
         print(result.markdown)
         return 0

@@ -47,6 +47,8 @@ __all__ = ["RunConfig", "ConfigError", "resolve", "to_yaml", "PRESETS", "keys", 
 
 BUDGET_KEYS = ("ratio", "target_flops", "target_params")
 DEFAULT_TARGET_FLOPS = 0.5  # the budget when no budget key is given: keep half the FLOPs
+DEFAULT_MASK_RATIO = 0.5  # for the mask kinds (kernel, intra_kernel, weight): zero half the weights
+KINDS = {"channel": None, "kernel": "kernel", "intra_kernel": "pattern", "weight": "weight"}  # -> sparsify
 ENV_PREFIX = "SURGERY_"
 YAML_NODE_LIMIT = 100_000  # values in a YAML document once its aliases are expanded
 
@@ -106,6 +108,7 @@ def _section_field(f: dataclasses.Field) -> tuple:
 # keeps its own copies), plus what only the pipeline uses.
 PruneSection = dataclasses.make_dataclass("PruneSection", [
     *(_section_field(f) for f in dataclasses.fields(PruneConfig) if f.metadata["cli"] is not None),
+    ("kind", str, field(default="channel")),  # channel (structured) or masks: kernel, intra_kernel, weight
     ("criterion_options", Dict[str, Any], field(default_factory=dict)),  # e.g. {mode: target} for ocap
     ("epochs_between", int, field(default=0)),  # fine-tuning epochs between iterative steps
     ("max_batches", int, field(default=8)),  # calibration batches for data criteria
@@ -179,8 +182,11 @@ def resolve(config_file: str | os.PathLike | dict | None = None, preset: str | N
         except OmegaConfBaseException as err:
             raise ConfigError(f"{where}: {_short(err)}") from None
     cfg = OmegaConf.to_object(merged)
-    if all(getattr(cfg.prune, k) is None for k in BUDGET_KEYS):
-        cfg.prune.target_flops = DEFAULT_TARGET_FLOPS  # stated, so config.yaml and reports show what runs
+    if all(getattr(cfg.prune, k) is None for k in BUDGET_KEYS):  # stated, so config.yaml and reports show what runs
+        if cfg.prune.kind == "channel":
+            cfg.prune.target_flops = DEFAULT_TARGET_FLOPS
+        else:
+            cfg.prune.ratio = DEFAULT_MASK_RATIO
     return check_values(cfg)
 
 
@@ -321,6 +327,12 @@ def check_values(cfg: RunConfig) -> RunConfig:
     _at_least(e.repeats, 1, "eval.repeats")
     _at_least(e.warmup, 0, "eval.warmup")
     _at_least(p.max_batches, 1, "prune.max_batches")
+    if p.kind not in KINDS:
+        raise ConfigError(f"prune.kind must be one of {', '.join(KINDS)} (channel: remove channels; the others zero "
+                          f"weights with masks), got {p.kind!r}")
+    if p.kind != "channel" and p.ratio is None:
+        raise ConfigError(f"prune.kind={p.kind} zeroes a fraction of weights: give prune.ratio (FLOPs and parameter "
+                          f"targets apply to channel pruning, which removes them)")
     _at_least(p.epochs_between, 0, "prune.epochs_between")
     prune_config(p)
     check_layer_names(cfg)

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from surgery.core.metrics import count_flops, count_params
 from surgery.pipeline.data import loader
+from surgery.sparsity import sparsity_report
 
 __all__ = ["measure", "accuracy_by_class", "latency", "latency_interleaved", "busy_warning", "size_on_disk",
            "channels", "BUSY_SPREAD"]
@@ -44,7 +45,8 @@ def measure(model: nn.Module, test, input_shape: tuple, device: torch.device, nu
     example = torch.zeros(1, *input_shape)
     cpu = model.to("cpu")
     out = {"accuracy": acc, "per_class_accuracy": per_class, "params": count_params(cpu),
-           "flops": count_flops(cpu, example), "size_bytes": size_on_disk(cpu), "channels": channels(cpu)}
+           "flops": count_flops(cpu, example), "size_bytes": size_on_disk(cpu), "channels": channels(cpu),
+           "sparsity": sparsity_report(cpu).overall}
     model.to(device)
     if eval_cfg.latency and timed:
         out["latency_ms"] = latency(model, input_shape, eval_cfg.batch_sizes, eval_cfg.repeats, eval_cfg.warmup,

@@ -44,7 +44,7 @@ from surgery.layers import keep_classes
 from surgery.core.metrics import count_flops
 from surgery.pipeline import data as datasets
 from surgery.pipeline.insight import insight
-from surgery.pipeline.config import ConfigError, RunConfig, check_values, prune_config, resolve, to_yaml
+from surgery.pipeline.config import KINDS, ConfigError, RunConfig, check_values, prune_config, resolve, to_yaml
 from surgery.pipeline.measure import busy_warning, latency_interleaved, measure
 from surgery.pipeline.report_files import write_reports
 from surgery.reporting.render import budget_text
@@ -53,6 +53,7 @@ from surgery.plan import Plan
 from surgery.pruner import Pruner
 from surgery.replay import apply_plan
 from surgery.saving import load, save
+from surgery.sparsity import make_permanent, sparsify
 
 __all__ = ["run", "dry_run", "Result"]
 
@@ -307,7 +308,22 @@ class _Context:
             self.log(f"classifier reduced to classes {data.classes} ({', '.join(data.class_names)})")
         return model.to(self.device).eval()
 
+    def _masked(self, original: nn.Module, data) -> tuple[nn.Module, list, str]:
+        """Kernel, intra-kernel or weight sparsity: masks (torch.nn.utils.prune) that fine-tuning
+        keeps, folded into plain weights after it; shapes and FLOPs do not change."""
+        p = self.cfg.prune
+        self.origins["pruned"] = f"masked in this run ({p.kind} sparsity)"
+        model = copy.deepcopy(original)
+        report = sparsify(model, p.ratio, granularity=KINDS[p.kind])
+        steps = [{"step": 1, "accuracy": evaluate_accuracy(model, data.test, self.device), "flops": 1.0,
+                  "sparsity": report.overall}]
+        self.log(f"prune ({p.kind} masks): {report.overall:.1%} of Conv/Linear weights are zero, accuracy "
+                 f"{steps[0]['accuracy']:.4f}")
+        return model, steps, f"masks only ({p.kind} sparsity {report.overall:.1%}): shapes unchanged, nothing rewritten"
+
     def _pruned(self, original: nn.Module, data) -> tuple[nn.Module, list, str]:
+        if self.cfg.prune.kind != "channel":
+            return self._masked(original, data)
         done, info = self.ckpt / "pruned.pt", self.ckpt / "pruned.json"
         if done.exists() and info.exists():
             self.origins["pruned"] = f"pruned earlier in this run folder ({done}), resumed"
@@ -355,7 +371,7 @@ class _Context:
                          batch_size=cfg.data.batch_size, teacher=teacher,
                          checkpoint=str(self.ckpt / "finetune_last.pt"), log=self.log)
         self.times["finetune_s"] = time.perf_counter() - t0
-        return pruned.eval()
+        return make_permanent(pruned).eval()  # mask kinds: zeros folded into plain weights
 
     def _write_insight(self, original: nn.Module, data, kept: dict) -> None:
         p = self.cfg.prune

@@ -22,8 +22,8 @@ from surgery.reporting.plots import pyplot
 
 __all__ = ["sweep", "SweepResult"]
 
-COLUMNS = ["criterion", "ratio", "seed", "accuracy_original", "accuracy_after_prune", "accuracy",
-           "flops_kept", "params_kept"]
+COLUMNS = ["kind", "criterion", "ratio", "seed", "accuracy_original", "accuracy_after_prune", "accuracy",
+           "flops_kept", "params_kept", "sparsity"]
 
 
 @dataclass
@@ -33,25 +33,31 @@ class SweepResult:
     markdown: str
 
 
-def sweep(cfg: RunConfig, *, criteria: list, ratios: list, seeds: list, out: str | os.PathLike | None = None) -> SweepResult:
-    """Run ``cfg`` for every (criterion, ratio, seed); the grid's results and files."""
+def sweep(cfg: RunConfig, *, criteria: list, ratios: list, seeds: list, out: str | os.PathLike | None = None,
+          kinds: list | None = None) -> SweepResult:
+    """Run ``cfg`` for every (kind, criterion, ratio, seed); the grid's results and files. A mask
+    kind (kernel, intra_kernel, weight) zeroes weights by magnitude, so it runs once per ratio
+    whatever the criteria. Every run folder gets its report when ``cfg.report``."""
     folder = Path(out or os.path.join("runs", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"))
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    grid = [(s, c, r) for s in seeds for c in criteria for r in ratios]
+    grid = [(s, k, c, r) for s in seeds for k in (kinds or [cfg.prune.kind])
+            for c in (criteria if k == "channel" else [f"{k} masks"]) for r in ratios]
     trained: dict = {}
-    for seed, crit, ratio in tqdm(grid, desc="sweep", unit="run"):
-        name = f"{crit}-r{ratio}-s{seed}"
-        prune = dataclasses.replace(cfg.prune, criterion=crit, ratio=ratio, target_flops=None, target_params=None)
+    for seed, kind, crit, ratio in tqdm(grid, desc="sweep", unit="run"):
+        name = f"{crit.replace(' ', '-')}-r{ratio}-s{seed}"
+        prune = dataclasses.replace(cfg.prune, kind=kind, criterion=crit if kind == "channel" else cfg.prune.criterion,
+                                    ratio=ratio, target_flops=None, target_params=None)
         model = dataclasses.replace(cfg.model, checkpoint=trained.get(seed, cfg.model.checkpoint))
         one = dataclasses.replace(cfg, seed=seed, prune=prune, model=model, out=str(folder / name), report=cfg.report,
                                   eval=dataclasses.replace(cfg.eval, latency=False))
         m = run(one).metrics
         trained.setdefault(seed, str(folder / name / "checkpoints" / "trained.pt"))
         o, p = m["original"], m["pruned"]
-        rows.append({"criterion": crit, "ratio": ratio, "seed": seed, "accuracy_original": o["accuracy"],
+        rows.append({"kind": kind, "criterion": crit, "ratio": ratio, "seed": seed, "accuracy_original": o["accuracy"],
                      "accuracy_after_prune": m["accuracy_after_prune"], "accuracy": p["accuracy"],
-                     "flops_kept": p["flops"] / o["flops"], "params_kept": p["params"] / o["params"]})
+                     "flops_kept": p["flops"] / o["flops"], "params_kept": p["params"] / o["params"],
+                     "sparsity": p.get("sparsity", 0.0)})
     with open(folder / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
@@ -71,11 +77,12 @@ def _stats(values: list) -> str:
 def table(rows: list) -> str:
     """Markdown: one line per (criterion, ratio), mean ± standard deviation over seeds (in %)."""
     keys = list(dict.fromkeys((r["criterion"], r["ratio"]) for r in rows))
-    lines = ["| criterion | ratio | seeds | FLOPs kept % | accuracy after pruning % | accuracy fine-tuned % |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| criterion | ratio | seeds | FLOPs kept % | zero weights % | accuracy after pruning % | "
+             "accuracy fine-tuned % |", "|---|---:|---:|---:|---:|---:|---:|"]
     for crit, ratio in keys:
         part = [r for r in rows if r["criterion"] == crit and r["ratio"] == ratio]
         lines.append(f"| {crit} | {ratio} | {len(part)} | {_stats([r['flops_kept'] for r in part])} | "
+                     f"{_stats([r.get('sparsity', 0.0) for r in part])} | "
                      f"{_stats([r['accuracy_after_prune'] for r in part])} | {_stats([r['accuracy'] for r in part])} |")
     originals = [r["accuracy_original"] for r in rows]
     lines.append(f"\nunpruned accuracy: {_stats(originals)} % (over the seeds' base models)\n")

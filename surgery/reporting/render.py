@@ -50,6 +50,8 @@ def summary_rows(report) -> list[tuple[str, str, str, str]]:
     flops = (o.get("flops", report.flops[0]), p.get("flops", report.flops[1]))
     rows.append(("parameters", fmt("n", params[0]), fmt("n", params[1]), _change("n", *params)))
     rows.append(("FLOPs (MACs)", fmt("n", flops[0]), fmt("n", flops[1]), _change("n", *flops)))
+    if p.get("sparsity"):
+        rows.append(("zero weights (Conv/Linear)", f"{o.get('sparsity', 0.0):.1%}", f"{p['sparsity']:.1%}", ""))
     for batch in (p.get("latency_ms") or {}):
         a, b = (o.get("latency_ms") or {}).get(batch, {}).get("median_ms"), p["latency_ms"][batch]["median_ms"]
         spread = p["latency_ms"][batch].get("spread")
@@ -64,6 +66,10 @@ def summary_rows(report) -> list[tuple[str, str, str, str]]:
 
 def budget_text(prune: dict) -> str:
     """The budget a prune section states, in words ("target: keep 50% of FLOPs")."""
+    kind = prune.get("kind", "channel")
+    if kind != "channel" and prune.get("ratio") is not None:
+        what = {"kernel": "whole kernels", "intra_kernel": "positions inside each kernel"}.get(kind, "weights")
+        return f"target: zero {prune['ratio']:.0%} of the {what} (masks, {kind} sparsity)"
     if prune.get("target_flops") is not None:
         return f"target: keep {prune['target_flops']:.0%} of FLOPs"
     if prune.get("target_params") is not None:

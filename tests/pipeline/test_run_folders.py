@@ -157,3 +157,38 @@ def test_a_function_spec_from_another_folder_says_how_to_load_it(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"builders=\{'nets.py:build': build\}.*model="):
         build_function("nets.py:build")
+
+
+# ---------------------------------------------------------------- 8. kernel and intra-kernel sparsity in the pipeline
+@pytest.mark.parametrize("kind", ["kernel", "intra_kernel"])
+def test_mask_kinds_run_through_the_pipeline_and_show_their_sparsity(kind, tmp_path):
+    import surgery
+    from surgery.metrics import count_params
+    from surgery.sparsity import sparsity_report
+    result = run(_quick(tmp_path / kind, prune={"kind": kind}, report=True))
+    m = result.metrics
+    assert m["budget"].startswith("target: zero 50% of the") and f"{kind} sparsity" in m["budget"]
+    assert 0.3 < m["pruned"]["sparsity"] < 0.6 and m["original"]["sparsity"] < 0.01
+    assert m["pruned"]["params"] == m["original"]["params"] and m["steps"][0]["flops"] == 1.0
+    loaded = surgery.load(result.out / "model.pt")  # zeros kept through fine-tuning and saving
+    assert abs(sparsity_report(loaded).overall - m["pruned"]["sparsity"]) < 1e-9
+    assert count_params(loaded) == m["pruned"]["params"]
+    assert "zero weights" in (result.out / "report.md").read_text()
+
+
+def test_a_mask_kind_needs_a_ratio_and_unknown_kinds_are_refused():
+    from surgery.pipeline import resolve
+    with pytest.raises(ConfigError, match="prune.kind must be one of"):
+        resolve(overrides=["prune.kind=filters"], env={})
+    with pytest.raises(ConfigError, match="give prune.ratio"):
+        resolve(overrides=["prune.kind=kernel", "prune.target_flops=0.5"], env={})
+    assert resolve(overrides=["prune.kind=kernel"], env={}).prune.ratio == 0.5
+
+
+def test_a_sweep_compares_kinds_and_every_run_gets_a_report(tmp_path, capsys):
+    assert cli.main(["sweep", "--kinds", "channel,kernel", "--ratios", "0.5", "--out", str(tmp_path / "s"),
+                     "train.epochs=1", "finetune.epochs=0", "eval.latency=false"]) == 0
+    out = capsys.readouterr().out
+    assert "| l1 | 0.5 |" in out and "| kernel masks | 0.5 |" in out
+    runs = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
+    assert len(runs) == 2 and all((p / "report.html").exists() for p in runs)
