@@ -24,6 +24,6 @@ setup(
         "omegaconf",
     ],
     extras_require={"report": ["matplotlib"], "hf": ["transformers"],
-                    "test": ["pytest", "hypothesis", "timm", "matplotlib", "transformers"]},
+                    "test": ["pytest", "hypothesis", "timm", "matplotlib", "transformers", "pypdfium2"]},
     entry_points={"console_scripts": ["surgery=surgery.cli:main"]},
 )

@@ -57,8 +57,8 @@ def channels_per_layer(report, ax=None):
     ax.set_ylabel("output channels")
     ax.set_xticks(x)
     ax.set_xticklabels([r.name for r in rows], rotation=90, fontsize=max(5, 9 - n // 15))
-    ax.legend(frameon=False)
-    ax.set_title("Output channels of each conv / linear layer, before and after")
+    ax.legend(frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8)
+    ax.set_title("Output channels of each conv / linear layer, before and after", loc="left", fontsize=10)
     if len(fig.axes) == 1:
         fig.tight_layout()
     return fig
@@ -92,14 +92,17 @@ def score_distributions(report, limit: int = 12):
     cols = 4
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(12, 2.5 * rows + 0.6), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    for i, (ax, name) in enumerate(zip(axes.flat, names)):
         s = np.sort(np.asarray(scores[name]))
         ax.hist(s, bins=min(30, max(5, len(s) // 2)), color="#2a7ab0")
         k = removed.get(name) or 0
         if 0 < k < len(s):
-            ax.axvline((s[k - 1] + s[k]) / 2, color="#d1495b", lw=1.5, label=f"cut ({k} removed)")
-            ax.legend(fontsize=7, frameon=False)
-        ax.set_title(name if len(name) < 28 else "..." + name[-25:], fontsize=8)
+            ax.axvline((s[k - 1] + s[k]) / 2, color="#d1495b", lw=1.5)
+        short = name if len(name) < 22 else "..." + name[-19:]
+        ax.set_title(f"{short} ({k} of {len(s)} removed)", fontsize=8)  # in the title, not over the bars
+        ax.set_xlabel("score", fontsize=7)
+        if i % cols == 0:
+            ax.set_ylabel("channels", fontsize=7)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
@@ -122,11 +125,11 @@ def per_class_accuracy(report):
     if before:
         ax.bar(x - 0.2, [b or 0 for b in before], 0.4, label="original", color="#9aa5b1")
     ax.bar(x + 0.2 if before else x, [a or 0 for a in after], 0.4, label="pruned", color="#2a7ab0")
-    lo = min(v for v in (before or []) + after if v is not None)
-    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+    ax.set_ylim(0.0, 1.0)  # the whole scale: a cut axis makes small drops look large
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=90 if len(x) > 12 else 0, fontsize=8)
     ax.set_ylabel("accuracy")
+    ax.set_xlabel("class")
     ax.legend(frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8)
     ax.set_title("Top-1 accuracy per class", loc="left")
     fig.tight_layout()
@@ -150,8 +153,7 @@ def training_curves(report):
     b.set_xlabel("epoch")
     b.set_ylabel("validation accuracy" if any(r.get("val_acc") not in (None, "") for r in rows)
                  else "training accuracy")
-    for ax in (a, b):
-        ax.legend(frameon=False, fontsize=8)
+    b.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the data
     fig.suptitle("Loss and accuracy per epoch")
     fig.tight_layout()
     return fig

@@ -201,20 +201,66 @@ def write_html(report, path) -> str:
 
 
 def write_pdf(report, path) -> str:
+    """A4 pages: the summary (target, table, risk notes, the channel chart when it fits), then
+    every other figure once and the plan with the environment, two to a page (the full
+    configuration is in the HTML report and config.yaml)."""
     plt = report_plots.pyplot()
     from matplotlib.backends.backend_pdf import PdfPages
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with PdfPages(path) as pdf:
-        pdf.savefig(_summary_page(plt, report))
-        for title, fig in report_plots.figures(report):
-            pdf.savefig(fig)
-            plt.close(fig)
-        text = ["Plan, group by group:", ""] + plan_in_words(report) + ["", "Reproducibility:", ""]
-        text += _repro(report).splitlines()
-        for page in _text_pages(plt, text):
+        first, charted = _summary_page(plt, report)
+        pdf.savefig(first)
+        plt.close(first)
+        slots = [(title, fig) for title, fig in report_plots.figures(report)
+                 if not (charted and title == "Channels per layer")]
+        slots.append(("Plan and environment", _appendix_lines(report)))
+        for pair in (slots[i:i + 2] for i in range(0, len(slots), 2)):
+            page = _half_pages(plt, pair)
             pdf.savefig(page)
             plt.close(page)
     return str(path)
+
+
+def _half_pages(plt, pair: list):
+    """One A4 page holding two slots, each a figure (rasterised at 150 dpi so it keeps its own
+    layout) or lines of text, in its half."""
+    page = plt.figure(figsize=(8.27, 11.69))
+    for k, (title, content) in enumerate(pair):
+        top = 0.95 - 0.47 * k
+        page.text(0.06, top, title, fontsize=12, weight="bold", va="top")
+        if isinstance(content, list):
+            page.text(0.06, top - 0.03, "\n".join(content), fontsize=7.5, va="top", family="monospace")
+        else:
+            _place(page, content, top - 0.03, plt)
+    return page
+
+
+def _place(page, fig, top: float, plt) -> None:
+    import matplotlib.image as mpimg
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    image = mpimg.imread(buf)
+    h, w = image.shape[:2]
+    box_w, box_h = 0.88, 0.40
+    scale = min(box_w * 8.27 / w, box_h * 11.69 / h)  # inches per pixel, aspect kept
+    width, height = w * scale / 8.27, h * scale / 11.69
+    ax = page.add_axes([0.06 + (box_w - width) / 2, top - height, width, height])
+    ax.imshow(image)
+    ax.axis("off")
+
+
+def _appendix_lines(report, limit: int = 38) -> list:
+    """The plan in words and the environment, for half a page (a longer plan is cut with a
+    pointer to the HTML report, which has all of it, with the configuration)."""
+    env = [f"{k}: {v}" for k, v in report.environment.items()]
+    tail = ["", "Environment:"] + env + ["", "The full configuration is in config.yaml and in the HTML report."]
+    plan = [w for line in plan_in_words(report) for w in (textwrap.wrap(line, 100, subsequent_indent="    ") or [""])]
+    room = limit - len(tail) - 1
+    if len(plan) > room:
+        plan = plan[:room - 1] + [f"... (all {len(plan_in_words(report))} groups in report.html)"]
+    return ["Plan, group by group:"] + plan + tail
 
 
 def _summary_page(plt, report):
@@ -226,7 +272,7 @@ def _summary_page(plt, report):
     ax = fig.add_axes([0.08, 0.86 - height, 0.84, height])
     ax.axis("off")
     table = ax.table(cellText=[list(r) for r in rows], colLabels=["", "before", "after", "change"],
-                     loc="upper left", cellLoc="right", colLoc="right", colWidths=[0.34, 0.22, 0.22, 0.22])
+                     loc="upper left", cellLoc="right", colLoc="right", colWidths=[0.46, 0.18, 0.18, 0.18])
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     table.scale(1, 1.25)
@@ -242,22 +288,13 @@ def _summary_page(plt, report):
     fig.text(0.08, y - 0.03, "\n".join(shown), fontsize=8.5,
              va="top", family="monospace", color="#9b1c31" if risks(report) else "#1f2933")
     bottom = y - 0.05 - 0.0145 * len(shown)
+    charted = False
     if bottom > 0.35:  # room for the channel chart on the first page
         ax = fig.add_axes([0.1, 0.12, 0.84, min(0.3, bottom - 0.2)])
-        report_plots.channels_per_layer(report, ax=ax)
+        charted = report_plots.channels_per_layer(report, ax=ax) is not None
         for label in ax.get_xticklabels():
             label.set_fontsize(max(4, 8 - len(ax.get_xticklabels()) // 12))
-    return fig
-
-
-def _text_pages(plt, lines: list, per_page: int = 70) -> list:
-    wrapped = [w for line in lines for w in (textwrap.wrap(line, 100, subsequent_indent="    ") or [""])]
-    pages = []
-    for i in range(0, len(wrapped), per_page):
-        fig = plt.figure(figsize=(8.27, 11.69))
-        fig.text(0.06, 0.96, "\n".join(wrapped[i:i + per_page]), fontsize=7.5, va="top", family="monospace")
-        pages.append(fig)
-    return pages
+    return fig, charted
 
 
 def _write(path, text: str) -> None:

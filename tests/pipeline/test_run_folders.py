@@ -192,3 +192,20 @@ def test_a_sweep_compares_kinds_and_every_run_gets_a_report(tmp_path, capsys):
     assert "| l1 | 0.5 |" in out and "| kernel masks | 0.5 |" in out
     runs = [p for p in (tmp_path / "s").iterdir() if p.is_dir()]
     assert len(runs) == 2 and all((p / "report.html").exists() for p in runs)
+
+
+# ---------------------------------------------------------------- 7. the PDF report, as a person sees it
+def test_the_pdf_report_has_few_pages_none_mostly_empty_and_each_figure_once(tmp_path):
+    pdfium = pytest.importorskip("pypdfium2")
+    import numpy as np
+    result = run(_quick(tmp_path / "rep", report=True))
+    pdf = pdfium.PdfDocument(str(result.out / "report.pdf"))
+    assert 2 <= len(pdf) <= 5  # a 6-layer CNN: summary, figures two to a page, plan
+    for i in range(len(pdf)):
+        pixels = np.asarray(pdf[i].render(scale=0.5).to_pil().convert("L"))
+        inked_rows = (pixels < 200).any(axis=1).mean()
+        assert inked_rows > 0.3, f"page {i + 1} is mostly empty ({inked_rows:.0%} of its rows hold anything)"
+    text = "".join(pdf[i].get_textpage().get_text_range() for i in range(len(pdf)))
+    assert text.count("Output channels of each conv / linear layer") == 1
+    assert "target: keep 50% of FLOPs" in pdf[0].get_textpage().get_text_range()
+    assert "resolved configuration" not in text  # the full config lives in the HTML and config.yaml
