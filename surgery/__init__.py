@@ -5,7 +5,7 @@ Top level: the verbs and types users call (``__all__``). Public submodules:
 exactness oracle), ``surgery.layers`` (single-layer edits), ``surgery.sparsity`` (masks),
 ``surgery.metrics`` (parameters, FLOPs), ``surgery.criteria``, ``surgery.models``,
 ``surgery.pipeline``. The stage folders (``core``, ``ops``, ``trace``, ``groups``,
-``select``, ``rewrite``, ``reporting``) are the engine's inside.
+``select``, ``rewrite``, ``repair``, ``reporting``) are the engine's inside.
 
 Example:
     >>> import torch, surgery
@@ -25,13 +25,13 @@ _LAZY = {
     "Pruner": "surgery.pruner", "Surgeon": "surgery.surgeon", "Plan": "surgery.plan", "apply_plan": "surgery.replay",
     "save": "surgery.saving", "load": "surgery.saving", "report": "surgery.reporting.report",
     "Report": "surgery.reporting.report", "keep_classes": "surgery.layers",
-    "Verification": "surgery.rewrite.verify",
+    "Verification": "surgery.rewrite.verify", "recalibrate": "surgery.repair.recalibrate",
     **{name: "surgery.core.errors" for name in ("SurgeryError", "ArgumentError", "TraceError", "ShapeError",
                                                  "ExportError", "VerificationError", "InPlaceError", "RatioError")},
 }
 _SUBMODULES = ("extend", "layers", "metrics", "sparsity", "testing", "pipeline", "criteria", "models")
 
-__all__ = ["trace", "prune", "Pruner", "PruneConfig", "Surgeon", "Plan", "apply_plan", "save", "load",
+__all__ = ["trace", "prune", "Pruner", "PruneConfig", "Surgeon", "Plan", "apply_plan", "save", "load", "recalibrate",
            "report", "Report", "keep_classes", "ChannelGraph", "Group", "Member", "Verification",
            "SurgeryError", "ArgumentError", "TraceError", "ShapeError", "ExportError", "VerificationError",
            "InPlaceError", "RatioError", "__version__"]

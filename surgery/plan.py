@@ -22,10 +22,11 @@ import torch.nn as nn
 
 from surgery.core.errors import ArgumentError
 from surgery.core.indices import channel_indices
+from surgery.repair.recalibrate import TOUCHED
 from surgery.groups.graph import ChannelGraph
 from surgery.select.selection import units_for_positions
 
-__all__ = ["Plan", "PlanEntry", "plan_from_units", "units_from_plan", "fingerprint", "check_architecture", "HISTORY", "history", "record"]
+__all__ = ["Plan", "PlanEntry", "plan_from_units", "units_from_plan", "fingerprint", "check_architecture", "HISTORY", "TOUCHED", "history", "record", "touched_layers"]
 
 FORMAT, VERSION = "torch-surgery-plan", 1
 
@@ -137,6 +138,13 @@ def plan_from_units(graph: ChannelGraph, removed: np.ndarray, model: nn.Module |
     return Plan(entries, list(graph.input_spec), arch.get("class", ""), arch, how)
 
 
+def touched_layers(graph: ChannelGraph, removed: np.ndarray) -> list:
+    """Names of the layers (not raw parameters) that removing ``removed`` rebuilds."""
+    gone = set(np.asarray(removed).tolist())
+    return sorted({m.name for g in graph.groups if gone & set(g.units.tolist())
+                   for m in g.members if m.kind != "param"})
+
+
 def units_from_plan(graph: ChannelGraph, plan: Plan) -> np.ndarray:
     """The units a plan removes on this graph; checks sizes, coupling and frozen groups."""
     members = {(m.name, m.role): (g, m) for g in graph.groups for m in g.members}
@@ -185,11 +193,14 @@ def history(model: nn.Module) -> list:
     return list(getattr(model, HISTORY, []))
 
 
-def record(result: nn.Module, source: nn.Module, plan: Plan) -> nn.Module:
-    """Give ``result`` the history of ``source`` plus ``plan`` (when it removed anything)."""
+def record(result: nn.Module, source: nn.Module, plan: Plan, touched: list | tuple = ()) -> nn.Module:
+    """Give ``result`` the history of ``source`` plus ``plan`` (when it removed anything), and
+    the names of the layers its rewrites rebuilt (``touched``, added to the source's)."""
     past = history(source)
     if plan.entries:
         past.append(plan.to_json(indent=None))
     object.__setattr__(result, HISTORY, past)
+    before = list(getattr(source, TOUCHED, []))
+    object.__setattr__(result, TOUCHED, before + [n for n in touched if n not in before])
     object.__setattr__(result, _NAME, plan.model or fingerprint(source)["class"])
     return result

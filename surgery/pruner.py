@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import replace
 from typing import Any, Callable, Iterator
@@ -29,11 +30,13 @@ from surgery.core.config import PruneConfig
 from surgery.core.errors import ArgumentError, ArgumentTypeError
 from surgery.select.budget import Budget, scheduled
 from surgery.groups.graph import ChannelGraph
-from surgery.plan import record
+from surgery.plan import record, touched_layers
 from surgery.core.metrics import count_flops, count_params
 from surgery.plan import Plan, plan_from_units
 from surgery.reporting.report import Report, report
-from surgery.rewrite.rebuild import rewrite
+from surgery.repair.recalibrate import recalibrate
+from surgery.repair.reconstruct import KEEPS, reconstruct
+from surgery.rewrite.rebuild import keep_indices, rewrite
 from surgery.select.selection import EMPTY, select_units
 from surgery.groups.build import trace
 from surgery.rewrite.verify import Verification, checked_rewrite
@@ -72,15 +75,18 @@ def prune(model: nn.Module, example_inputs: Any, config: PruneConfig | None = No
                   loss_fn=loss_fn, **options).step()
 
 
-def calibrate(criterion: _criteria.Criterion, model: nn.Module, data: Any, **options: Any) -> None:
-    """Run a data criterion's calibration (weight criteria take no data)."""
+def calibrate(criterion: _criteria.Criterion, model: nn.Module, data: Any, repairs: bool = False,
+              **options: Any) -> None:
+    """Run a data criterion's calibration (weight criteria take no data, unless ``repairs``
+    (recalibration, reconstruction) will use it)."""
     if criterion.needs_data:
         if data is None:
             raise ArgumentError(f"criterion {type(criterion).__name__} needs data: pass data=<DataLoader or "
                              f"list of (inputs, targets)> (and max_batches=... to limit it)")
         criterion.calibrate(model, data, **{k: v for k, v in options.items() if v is not None})
-    elif data is not None:
-        raise ArgumentError(f"criterion {type(criterion).__name__} uses weights only; data= is not used")
+    elif data is not None and not repairs:
+        raise ArgumentError(f"criterion {type(criterion).__name__} uses weights only; data= is not used (it is "
+                            f"with recalibrate=True or reconstruct='least_squares')")
 
 
 class Pruner:
@@ -134,13 +140,33 @@ class Pruner:
         graph = self._trace()
         units = self._choose(graph, self.step_index + 1)
         plan = plan_from_units(graph, units, self.model)
+        before = copy.deepcopy(self.model) if self.config.reconstruct != "none" else None
         new, self.verification = checked_rewrite(self.model, graph, units, self.example_inputs,
                                                  inplace=self._owned, verify_exact=self.config.verify,
                                                  new_object_ok=self.model is not self._callers)
-        self.model, self._owned = record(new, self.model, plan), True
+        self.model, self._owned = record(new, self.model, plan, touched_layers(graph, units)), True
+        object.__setattr__(self.model, KEEPS, keep_indices(graph, units))
+        self._repair(before)
         self.plans.append(plan)
         self.step_index += 1
         return self.model
+
+    @property
+    def _repairs(self) -> bool:
+        return self.config.recalibrate or self.config.reconstruct != "none"
+
+    def _repair(self, before: nn.Module | None) -> None:
+        """Weight updates after the verified rewrite: least-squares refit, then norm statistics."""
+        if not self._repairs:
+            return
+        data, batches = self._data["data"], self._data["max_batches"]
+        if data is None:
+            raise ArgumentError("recalibrate=True / reconstruct='least_squares' need calibration batches: pass "
+                                "data=<DataLoader or list of (inputs, targets)>")
+        if before is not None:
+            reconstruct(before, self.model, data, max_batches=batches or 8, forward_fn=self._data["forward_fn"])
+        if self.config.recalibrate:
+            recalibrate(self.model, data, max_batches=batches or 16, forward_fn=self._data["forward_fn"])
 
     def steps(self) -> Iterator[nn.Module]:
         while not self.done:
@@ -163,7 +189,7 @@ class Pruner:
 
     def _choose(self, graph: ChannelGraph, step: int) -> np.ndarray:
         opts = dict(self._data)
-        calibrate(self.criterion, self.model, opts.pop("data"), **opts)  # on the current model
+        calibrate(self.criterion, self.model, opts.pop("data"), self._repairs, **opts)  # on the current model
         self.budget.remember(graph)
         c = self.config
         if c.target is None:
@@ -172,12 +198,23 @@ class Pruner:
         return self._search(graph, goal, step)
 
     def _select(self, graph: ChannelGraph, ratio: float, step: int) -> np.ndarray:
-        scorer = _criteria.Normalized(self.criterion, self.config.normalize) if self.config.global_pruning \
-            else self.criterion
-        counts = self.budget.counts(graph, ratio, step, scorer)
+        c = self.config
+        method = "mean" if c.normalize == "flops" else c.normalize
+        scorer = _criteria.Normalized(self.criterion, method) if c.global_pruning else self.criterion
+        counts = self.budget.counts(graph, ratio, step, scorer, self._unit_costs(graph))
         units = [select_units(graph, graph.groups[i], scorer, n) for i, n in counts.items()]
         units = [u for u in units if len(u)]
         return np.concatenate(units) if units else EMPTY
+
+    def _unit_costs(self, graph: ChannelGraph) -> dict | None:
+        """{group index: fraction of the FLOPs one of its units saves}, for normalize="flops"
+        (computed once per traced graph)."""
+        if self.config.normalize != "flops" or not self.config.global_pruning:
+            return None
+        if getattr(self, "_costs_for", None) is not graph:
+            cost = CostModel(self.model, graph, self.example_inputs, "flops")
+            self._costs, self._costs_for = {g.index: cost.unit_saving(g.units) for g in graph.prunable_groups}, graph
+        return self._costs
 
     def _search(self, graph: ChannelGraph, goal: float, step: int) -> np.ndarray:
         """Bisection on the ratio with the analytic cost model (no rewrite per probe), then one

@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn as nn
 
 from surgery.core.errors import ArgumentTypeError
-from surgery.plan import record
+from surgery.plan import record, touched_layers
 from surgery.core.inputs import spec_inputs
 from surgery.plan import Plan, check_architecture, units_from_plan
 from surgery.groups.build import trace
@@ -51,7 +51,7 @@ def replay(model: nn.Module, plan: Plan | dict | str, *, example_inputs: Any = N
         warnings.filterwarnings("ignore", message=".*save with surgery.save")
         new, _ = checked_rewrite(model, graph, units, inputs, inplace=inplace, verify_exact=verify,
                                  new_object_ok=new_object_ok)
-    return record(new, model, plan)
+    return record(new, model, plan, touched_layers(graph, units))
 
 
 def _device(model: nn.Module):

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import surgery.criteria as _criteria
 from surgery.groups.graph import ChannelGraph, Group
-from surgery.plan import record
+from surgery.plan import record, touched_layers
 from surgery.core.inputs import layer_name
 from surgery.plan import plan_from_units
 from surgery.pruner import calibrate
@@ -126,7 +126,7 @@ class Surgeon:
             except InPlaceError as err:
                 raise InPlaceError(f"{err}. Surgeon edits your object in place: prune this layer with "
                                    f"surgery.prune(..., inplace=False) or a Pruner instead") from None
-            record(new, self.model, plan)
+            record(new, self.model, plan, touched_layers(self.graph, units))
             graph = self._trace()
         self.graph, self.verification = graph, verification
 

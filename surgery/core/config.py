@@ -27,8 +27,9 @@ __all__ = ["PruneConfig", "check_tracer", "check_attention", "check_skip_blocks"
 
 TRACERS = ("auto", "fx", "export")
 ATTENTION = ("dims", "heads")
-NORMALIZE = ("none", "mean", "max", "lamp")
+NORMALIZE = ("none", "mean", "max", "lamp", "flops")
 SCHEDULES = ("linear", "exponential")
+RECONSTRUCT = ("none", "least_squares")
 
 
 def option(default: Any = None, help: str = "", *, plain: Any = None, cli: str | None = "", flag: str = "",
@@ -88,8 +89,9 @@ class PruneConfig:
     criterion: Any = option("l1", "a criteria name (l1, fpgm, taylor, ...) or a Criterion object", plain=str)
     global_pruning: bool = option(False, "rank channels across groups by normalised score", plain=bool,
                                   flag="--global")
-    normalize: str = option("mean", "score normalisation used to rank across groups with global_pruning",
-                            plain=str, choices=NORMALIZE)
+    normalize: str = option("mean", "score normalisation used to rank across groups with global_pruning; "
+                            "flops: importance (mean-normalised) per FLOP a channel's removal saves, so a FLOPs "
+                            "target removes the cheapest-to-lose compute", plain=str, choices=NORMALIZE)
     ratios: dict = option(help="{layer or name: ratio} for the groups those layers produce; a container "
                           "(model.layer1) sets every layer inside it", plain=Dict[str, float], metavar="LAYER=R",
                           factory=dict)
@@ -120,6 +122,11 @@ class PruneConfig:
                                 "layers) keep every channel they produce", plain=List[int], metavar="FIRST,LAST")
     tracer: str = option("auto", "auto: torch.fx, then torch.export when fx fails; or fx, export",
                          plain=str, choices=TRACERS)
+    recalibrate: bool = option(False, "after each step, re-estimate the running statistics of the norm layers it "
+                               "touched on the calibration data (needs data)", plain=bool)
+    reconstruct: str = option("none", "least_squares: after each step, refit every pruned Conv/Linear consumer "
+                              "on the calibration data to reproduce the layer's output before the step (needs data)",
+                              plain=str, choices=RECONSTRUCT)
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -160,7 +167,9 @@ class PruneConfig:
             raise ArgumentError(f"schedule must be 'linear', 'exponential' or a callable, got {self.schedule!r}")
         if self.normalize not in NORMALIZE:
             raise ArgumentError(f"normalize must be one of {', '.join(NORMALIZE)}; got {self.normalize!r}")
-        for name in ("global_pruning", "inplace", "verify"):
+        if self.reconstruct not in RECONSTRUCT:
+            raise ArgumentError(f"reconstruct must be one of {', '.join(RECONSTRUCT)}, got {self.reconstruct!r}")
+        for name in ("global_pruning", "inplace", "verify", "recalibrate"):
             if not isinstance(getattr(self, name), bool):
                 raise ArgumentTypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

@@ -93,12 +93,15 @@ class TrainSection:
     alpha: float = 0.5                   # weight of the distillation term
 
 
+PIPELINE_DEFAULTS = {"recalibrate": True}  # the pipeline always has calibration data: re-estimate BN statistics
+
+
 def _section_field(f: dataclasses.Field) -> tuple:
     """A PruneConfig field as a prune-section field: its file type, with the budget keys unset
     (the pipeline keeps half the FLOPs when none is given)."""
     plain = Optional[float] if f.name in BUDGET_KEYS else f.metadata["plain"]
-    default = None if f.name in BUDGET_KEYS else (
-        f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    default = None if f.name in BUDGET_KEYS else PIPELINE_DEFAULTS.get(f.name, (
+        f.default if f.default is not dataclasses.MISSING else f.default_factory()))
     if isinstance(default, (tuple, list, dict)):
         return f.name, plain, field(default_factory=lambda d=default: type(d)(d) if isinstance(d, dict) else list(d))
     return f.name, plain, field(default=default)

@@ -51,6 +51,8 @@ from surgery.reporting.render import budget_text
 from surgery.pipeline.training import distributed, evaluate_accuracy, fit, is_main, sync_from_rank0
 from surgery.plan import Plan
 from surgery.pruner import Pruner
+from surgery.repair.recalibrate import recalibrate
+from surgery.repair.reconstruct import reconstruct
 from surgery.replay import apply_plan
 from surgery.saving import load, save
 from surgery.sparsity import make_permanent, sparsify
@@ -242,6 +244,8 @@ class _Context:
                  f"{metrics0['flops']:,} FLOPs")
         pruned, steps, verification = self._pruned(original, data)
         after_prune = evaluate_accuracy(pruned, data.test, self.device)
+        one_shot = {"accuracy": after_prune, **({"accuracy_structural": steps[-1]["accuracy_structural"],
+                                                 "repairs": steps[-1]["repairs"]} if steps[-1].get("repairs") else {})}
         self.log(f"pruned: accuracy {after_prune:.4f} before fine-tuning; {verification}")
         _same_on_every_rank(pruned)
         pruned = self._finetuned(pruned, original, data)
@@ -251,7 +255,7 @@ class _Context:
                  f"({metrics1['params'] / metrics0['params']:.1%}), {metrics1['flops']:,} FLOPs "
                  f"({metrics1['flops'] / metrics0['flops']:.1%})")
         metrics = {"status": "finished", **self.facts, "origins": self.origins, "latency_warning": busy,
-                   "original": metrics0, "pruned": metrics1, "accuracy_after_prune": after_prune,
+                   "original": metrics0, "pruned": metrics1, "accuracy_after_prune": after_prune, "one_shot": one_shot,
                    "steps": steps, "verification": verification, "times": self._times(),
                    "class_names": data.class_names, "input_shape": list(data.input_shape),
                    "num_classes_trained": self._trained_classes}
@@ -333,25 +337,29 @@ class _Context:
         p, cfg = self.cfg.prune, self.cfg
         self.origins["pruned"] = "pruned in this run"
         example = _example(data, self.device)
-        config = prune_config(p)
+        config = dataclasses.replace(prune_config(p), recalibrate=False, reconstruct="none")  # repairs: below
         needs_data = _criteria.get(p.criterion, **p.criterion_options).needs_data
         calib = datasets.loader(data.calibration, cfg.data.batch_size, distributed=distributed()) if needs_data else None
         t0 = time.perf_counter()
         pruner = Pruner(original, example, config, data=calib, max_batches=p.max_batches if needs_data else None)
+        repair_data = datasets.loader(data.calibration, cfg.data.batch_size)
         flops0 = count_flops(original.cpu(), example.cpu())
         original.to(self.device)
         steps = []
         for i in range(p.iterative_steps):
-            before = copy.deepcopy(pruner.model) if distributed() and dist.get_rank() else None
+            before = copy.deepcopy(pruner.model) if (distributed() and dist.get_rank()) or \
+                p.reconstruct != "none" else None
             pruner.step()
-            _agree(pruner, before, example)
+            _agree(pruner, before if distributed() and dist.get_rank() else None, example)
             model = pruner.model
             _same_on_every_rank(model)
             steps.append({"step": i + 1, "accuracy": evaluate_accuracy(model, data.test, self.device),
                           "flops": count_flops(model.cpu(), example.cpu()) / flops0})
             model.to(self.device)
+            self._repair(before, model, repair_data, steps[-1], data)
             self.log(f"prune step {i + 1}/{p.iterative_steps}: {steps[-1]['flops']:.1%} of FLOPs kept, "
-                     f"accuracy {steps[-1]['accuracy']:.4f}")
+                     f"accuracy {steps[-1]['accuracy']:.4f}" + (f" ({steps[-1]['accuracy_structural']:.4f} before "
+                     f"{', '.join(steps[-1]['repairs'])})" if steps[-1].get("repairs") else ""))
             if p.epochs_between and i + 1 < p.iterative_steps:
                 between = dataclasses.replace(cfg.finetune, epochs=p.epochs_between, patience=None)
                 self.rows += fit(model, data, between, stage=f"between {i + 1}", device=self.device,
@@ -362,6 +370,22 @@ class _Context:
             save(pruner.model, done, architecture=self._architecture(data))
             info.write_text(json.dumps({"steps": steps, "verification": verification}))
         return pruner.model.to(self.device), steps, verification
+
+    def _repair(self, before: nn.Module | None, model: nn.Module, batches, step: dict, data) -> None:
+        """Weight updates after the verified rewrite (prune.reconstruct, prune.recalibrate), with the
+        one-shot accuracy measured before and after them, so a report shows what they bought."""
+        p = self.cfg.prune
+        done = []
+        if p.reconstruct != "none":
+            reconstruct(before, model, batches, max_batches=p.max_batches)
+            done.append("least-squares reconstruction")
+        if p.recalibrate:
+            recalibrate(model, batches, max_batches=p.max_batches)
+            done.append("BatchNorm recalibration")
+        if done:
+            sync_from_rank0(model)  # ranks calibrated on their own samples: all take rank 0's
+            step["accuracy_structural"], step["repairs"] = step["accuracy"], done
+            step["accuracy"] = evaluate_accuracy(model, data.test, self.device)
 
     def _finetuned(self, pruned: nn.Module, original: nn.Module, data) -> nn.Module:
         cfg = self.cfg

@@ -50,6 +50,11 @@ def summary_rows(report) -> list[tuple[str, str, str, str]]:
     flops = (o.get("flops", report.flops[0]), p.get("flops", report.flops[1]))
     rows.append(("parameters", fmt("n", params[0]), fmt("n", params[1]), _change("n", *params)))
     rows.append(("FLOPs (MACs)", fmt("n", flops[0]), fmt("n", flops[1]), _change("n", *flops)))
+    shot = m.get("one_shot") or {}
+    if shot.get("accuracy_structural") is not None:
+        rows.append(("one-shot accuracy: rewrite / + " + " + ".join(r.split()[-1] for r in shot["repairs"]),
+                     fmt("accuracy", shot["accuracy_structural"]), fmt("accuracy", shot["accuracy"]),
+                     _change("accuracy", shot["accuracy_structural"], shot["accuracy"])))
     if p.get("sparsity"):
         rows.append(("zero weights (Conv/Linear)", f"{o.get('sparsity', 0.0):.1%}", f"{p['sparsity']:.1%}", ""))
     for batch in (p.get("latency_ms") or {}):

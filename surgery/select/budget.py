@@ -61,8 +61,8 @@ class Budget:
     def _warn_unused(self, graph: ChannelGraph) -> None:
         """Options that would silently do nothing on this model say so (once)."""
         c = self.config
-        if c.normalize == "lamp" and not c.global_pruning:
-            warnings.warn("normalize='lamp' only changes how groups are ranked against each other: it has "
+        if c.normalize in ("lamp", "flops") and not c.global_pruning:
+            warnings.warn(f"normalize={c.normalize!r} only changes how groups are ranked against each other: it has "
                           "no effect without global_pruning=True", stacklevel=user_stacklevel())
         for name in self._ratios:
             inside = [g for g in graph.groups for m in (g.producers or g.members)
@@ -74,7 +74,8 @@ class Budget:
             elif not inside:
                 warnings.warn(f"ratios[{name!r}] has no effect: no channel group is produced there", stacklevel=user_stacklevel())
 
-    def counts(self, graph: ChannelGraph, ratio: float, step: int, scorer: _criteria.Criterion) -> dict:
+    def counts(self, graph: ChannelGraph, ratio: float, step: int, scorer: _criteria.Criterion,
+               unit_cost: dict | None = None) -> dict:
         fixed, pooled = {}, []
         for g in graph.prunable_groups:
             r = self.explicit_ratio(g)
@@ -86,7 +87,7 @@ class Budget:
                 final = ratio if r is None else self._scaled(r, step)
                 fixed[g.index] = g.size - self._kept(g, self.original(g) - _floor(final * self.original(g)))
         if pooled:
-            fixed.update(self._global(graph, pooled, ratio, scorer))
+            fixed.update(self._global(graph, pooled, ratio, scorer, unit_cost))
         return {i: n for i, n in fixed.items() if n > 0}
 
     def original(self, g: Group) -> int:
@@ -122,13 +123,16 @@ class Budget:
             kept = up if up <= g.size else kept
         return min(kept, g.size)
 
-    def _global(self, graph: ChannelGraph, groups: list, ratio: float, scorer) -> dict:
-        """Rank every unit of ``groups`` by normalised score; the lowest ``ratio`` of all go."""
+    def _global(self, graph: ChannelGraph, groups: list, ratio: float, scorer, unit_cost: dict | None = None) -> dict:
+        """Rank every unit of ``groups`` by normalised score (divided by the cost one of its units
+        saves, with ``unit_cost``); the lowest ``ratio`` of all go."""
         budget = _floor(ratio * sum(self.original(g) for g in groups)) - sum(self.original(g) - g.size for g in groups)
         if budget <= 0:
             return {}
         views = [group_view(graph, g) for g in groups]
         scores = [checked_scores(scorer, v, scorer.score(v)).double().numpy() for v in views]
+        if unit_cost is not None:  # importance per unit of cost saved: cheap-to-lose compute goes first
+            scores = [s / max(unit_cost[g.index], 1e-12) for s, g in zip(scores, groups)]
         owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])
         order = np.lexsort((np.concatenate([np.arange(len(s)) for s in scores]), owner, np.concatenate(scores)))
         caps = [g.size - self._floor_kept(g) for g in groups]

@@ -67,3 +67,8 @@ class CostModel:
         for i, ids in self._dims:
             factor[i] *= 1.0 - np.isin(ids, removed).sum() / len(ids)
         return float((self._fixed + (self._cost * factor).sum()) / self.total)
+
+    def unit_saving(self, units: np.ndarray) -> float:
+        """Fraction of the cost one unit of a group saves (the first of ``units``; the units of a
+        group sit in the same dimensions, so each saves about the same)."""
+        return 1.0 - self.kept(np.asarray(units[:1], dtype=np.int64))

@@ -12,7 +12,7 @@ PROJECT = ("surgery", "criteria", "models")
 LAZY_ON_PURPOSE = {"surgery.cli"}  # `surgery --help` must not load the engine
 # The stages, in data-flow order: a module may import from its own stage and earlier ones only.
 STAGES = ["surgery.core", "surgery.ops", "surgery.capture", "surgery.groups", "surgery.select", "surgery.rewrite",
-          "surgery.reporting", "surgery (top: the verbs)", "surgery.pipeline", "surgery.cli"]
+          "surgery.repair", "surgery.reporting", "surgery (top: the verbs)", "surgery.pipeline", "surgery.cli"]
 TOP_LIMIT = 12  # modules directly in surgery/ besides __init__ and __main__
 
 
