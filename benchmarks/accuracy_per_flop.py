@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import statistics
 import time
 import warnings
@@ -130,11 +131,8 @@ def main() -> None:
     p.add_argument("--finetune", type=int, default=2)
     p.add_argument("--targets", default="0.5,0.25")
     args = p.parse_args()
-    try:
-        import torch_pruning  # noqa: F401
-        tp_methods = TP
-    except ImportError:
-        tp_methods = {}
+    tp_methods = TP if importlib.util.find_spec("torch_pruning") else {}
+    if not tp_methods:
         print("torch-pruning is not installed: only our rows")
     results: dict = {}
     t0 = time.perf_counter()
