@@ -17,12 +17,32 @@ import torch.nn.utils.parametrize  # noqa: F401  (check_model)
 import torch.nn.utils.prune  # noqa: F401  (check_model)
 
 from surgery.core.config import check_tracer
-from surgery.core.errors import ArgumentError, ArgumentTypeError, ExportError, TraceError
+from surgery.capture.meta import NeedsValues, propagate_meta
+from surgery.core.errors import ArgumentError, ArgumentTypeError, ExportError, ShapeError, TraceError
 from surgery.core.transaction import untouched
 from surgery.capture.export import export_graph
 from surgery.capture.fx import leaf_paths, propagate, symbolic_trace
 
-__all__ = ["capture", "check_model"]
+__all__ = ["capture", "check_model", "shapes"]
+
+
+def shapes(gm: fx.GraphModule, model: nn.Module, example_inputs: Any) -> str:
+    """Record every node's shape: on the meta device (no forward on real tensors), or, when the
+    graph reads values, by one real forward; returns which ("meta" or "real")."""
+    try:
+        propagate_meta(gm, example_inputs)
+        return "meta"
+    except NeedsValues as err:
+        if _on_meta(model):
+            raise ShapeError(f"the model is on the meta device and its graph needs values to run ({err}); "
+                             f"materialize it (model.to_empty(device='cpu') and load its weights) to trace it") from None
+    with untouched(model):  # leaf modules run for real and may write into their containers
+        propagate(gm, example_inputs)
+    return "real"
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
 
 
 def capture(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
@@ -37,8 +57,7 @@ def capture(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
                 raise
             fx_error = err
         else:
-            with untouched(model):  # leaf modules run for real and may write into their containers
-                propagate(gm, example_inputs)
+            shapes(gm, model, example_inputs)
             return gm, "fx"
     try:
         return export_graph(model, example_inputs, leaf_paths(leaf_modules, model)), "export"

@@ -21,7 +21,7 @@ from surgery.core.inputs import as_inputs, evaluating
 from surgery.ops.context import VALUE_KEY, TensorMeta
 from surgery.ops.registry import leaf_functions, rule_for
 
-__all__ = ["symbolic_trace", "propagate", "leaf_paths"]
+__all__ = ["symbolic_trace", "propagate", "placeholder_args", "Recorder", "leaf_paths", "owning_module", "width_owners"]
 
 
 class _Tracer(fx.Tracer):
@@ -124,7 +124,16 @@ class _NodeFailure(Exception):
         self.message = message
 
 
-class _Recorder(fx.Interpreter):
+class Recorder(fx.Interpreter):
+    """Runs the graph and stores each node's value summary in ``node.meta``; a failing node
+    raises :class:`ShapeError` naming it and the input shapes."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().run(*args, **kwargs)
+        except _NodeFailure as err:
+            raise ShapeError(err.message) from err.__cause__
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -146,8 +155,8 @@ class _Recorder(fx.Interpreter):
         return list(args) + list(kwargs.values())
 
 
-def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
-    """Run ``gm`` once on the inputs and record value summaries; restores train/eval."""
+def placeholder_args(gm: fx.GraphModule, example_inputs: Any) -> tuple:
+    """The example inputs as the graph's positional placeholders (defaults filled in)."""
     args, kwargs = as_inputs(example_inputs)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if kwargs:
@@ -155,14 +164,17 @@ def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
         if unknown:
             raise ArgumentError(f"example_inputs has keys {unknown} that the model's forward does not take; "
                              f"its inputs are {[p.target for p in placeholders]}")
-        args = tuple(kwargs.get(p.target, p.args[0] if p.args else None) for p in placeholders)
-    elif len(args) < len(placeholders):
+        return tuple(kwargs.get(p.target, p.args[0] if p.args else None) for p in placeholders)
+    if len(args) < len(placeholders):
         args = args + tuple(p.args[0] if p.args else None for p in placeholders[len(args):])
-    try:
-        with evaluating(gm), torch.no_grad():
-            _Recorder(gm).run(*args)
-    except _NodeFailure as err:
-        raise ShapeError(err.message) from err.__cause__
+    return args
+
+
+def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
+    """Run ``gm`` once on the inputs (real tensors) and record value summaries; restores train/eval."""
+    args = placeholder_args(gm, example_inputs)
+    with evaluating(gm), torch.no_grad():
+        Recorder(gm).run(*args)
 
 
 def owning_module(node: fx.Node | None) -> str | None:

@@ -37,6 +37,7 @@ from surgery.rewrite.rebuild import keep_indices, rewrite
 from surgery.core.transaction import transaction, untouched
 from surgery.ops.context import VALUE_KEY, TensorMeta
 from surgery.rewrite.train_check import branches_on_training, train_forward
+from surgery.capture.meta import NeedsValues, run_meta
 from surgery.core.errors import VerificationError
 
 __all__ = ["Verification", "masked_reference", "verify", "checked_rewrite",
@@ -375,8 +376,12 @@ def _group_of_layer(graph: ChannelGraph, name: str, removed) -> Group | None:
 
 
 def check_output_shapes(graph: ChannelGraph, pruned: nn.Module, example_inputs: Any) -> None:
-    """Run ``pruned`` on the example inputs; output shapes must equal the traced ones."""
-    out = run_eval(pruned, example_inputs)
+    """Run ``pruned`` on the example inputs, on the meta device when it can (no forward on real
+    tensors), else for real; output shapes must equal the traced ones."""
+    try:
+        out = run_meta(pruned, example_inputs)
+    except NeedsValues:
+        out = run_eval(pruned, example_inputs)
     expected = [n for n in graph.gm.graph.nodes if n.op == "output"][0]
     want = _shapes(expected.args[0], lambda n: getattr(n.meta.get(VALUE_KEY), "shape", None)
                    if isinstance(n, fx.Node) else None)
