@@ -72,8 +72,7 @@ def run_meta(model: nn.Module, example_inputs: Any) -> Any:
 def on_meta(module: nn.Module) -> Iterator[nn.Module]:
     """``module`` with meta stand-ins for its parameters and buffers inside the block (the real
     tensors stay where they are, untouched, and come back after it)."""
-    state = {name: _meta(t) for name, t in list(module.named_parameters(remove_duplicate=False))
-             + list(module.named_buffers(remove_duplicate=False))}
+    state = {name: _meta(t) for name, t in list(module.named_parameters()) + list(module.named_buffers())}
     with _reparametrize_module(module, state, tie_weights=True):
         yield module
 
