@@ -50,14 +50,22 @@ def propagate_meta(gm: fx.GraphModule, example_inputs: Any) -> None:
             raise NeedsValues(str(err).split("\n")[0]) from err
 
 
-def run_meta(model: nn.Module, example_inputs: Any) -> Any:
+def run_meta(model: nn.Module, example_inputs: Any, graph: fx.Graph | None = None) -> Any:
     """The model's outputs, as meta tensors (shapes and dtypes, no values), from a run on the
-    meta device: through its fx graph with the shape formulas when fx can trace it, else its
-    own forward. :class:`NeedsValues` when it reads values."""
-    try:
-        gm = symbolic_trace(model)
-    except Exception:
-        gm = None
+    meta device: through ``graph`` (one traced from the model before an edit that kept its
+    structure: no new trace) or its own fx graph, with the shape formulas, else its own
+    forward. :class:`NeedsValues` when it reads values."""
+    gm = None
+    if graph is not None:
+        try:
+            gm = fx.GraphModule(model, graph)
+        except Exception:
+            gm = None
+    if gm is None:
+        try:
+            gm = symbolic_trace(model)
+        except Exception:
+            gm = None
     with on_meta(model), evaluating(model), torch.no_grad():
         try:
             if gm is not None:

@@ -378,8 +378,11 @@ def _group_of_layer(graph: ChannelGraph, name: str, removed) -> Group | None:
 def check_output_shapes(graph: ChannelGraph, pruned: nn.Module, example_inputs: Any) -> None:
     """Run ``pruned`` on the example inputs, on the meta device when it can (no forward on real
     tensors), else for real; output shapes must equal the traced ones."""
+    # the traced graph holds no size literals: with the rebuilt layers it is the pruned model's
+    reuse = graph.gm.graph if graph.front == "fx" and not graph.patches and not graph.swaps \
+        and not isinstance(pruned, fx.GraphModule) else None
     try:
-        out = run_meta(pruned, example_inputs)
+        out = run_meta(pruned, example_inputs, reuse)
     except NeedsValues:
         out = run_eval(pruned, example_inputs)
     expected = [n for n in graph.gm.graph.nodes if n.op == "output"][0]
