@@ -30,8 +30,15 @@ if name == "llama-7b":
     x, kw = torch.zeros(1, 128, dtype=torch.long), dict(tracer="export", attention="heads")
 else:
     import torchvision
-    with torch.device("meta"):
-        model = torchvision.models.get_model(name, weights=None).eval()
+    from torchvision.models import regnet
+    if name == "regnet_y_128gf":  # its builder computes widths with tensors: do that off the meta device
+        params = regnet.BlockParams.from_init_params(depth=27, w_0=456, w_a=160.83, w_m=2.52, group_width=264,
+                                                     se_ratio=0.25)
+        with torch.device("meta"):
+            model = regnet.RegNet(params, norm_layer=torch.nn.BatchNorm2d).eval()
+    else:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, weights=None).eval()
     x, kw = torch.zeros(1, 3, 224, 224), {}
 built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
