@@ -46,7 +46,7 @@ _DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, 
 _INNER_DROPOUT = {F.scaled_dot_product_attention: 4, F.multi_head_attention_forward: 10}
 
 
-def branches_on_training(model: nn.Module, example_inputs: Any = None) -> bool:
+def branches_on_training(model: nn.Module, example_inputs: Any = None, traced: fx.Graph | None = None) -> bool:
     """Whether ``model`` computes something else in train mode, decided by its graphs, not by
     its source text: torch.fx captures it in train and in eval mode and the two graphs are
     compared (a read of ``training`` anywhere in the call tree, a helper function's included,
@@ -54,7 +54,7 @@ def branches_on_training(model: nn.Module, example_inputs: Any = None) -> bool:
     ``example_inputs`` records whether any module outside torch.nn has its ``training`` read
     (torch.nn's own layers behave per channel in train mode). True when neither can tell."""
     try:
-        return _graphs_differ(model)
+        return _graphs_differ(model, traced)
     except Exception:  # fx cannot trace this model
         pass
     if example_inputs is not None:
@@ -65,11 +65,15 @@ def branches_on_training(model: nn.Module, example_inputs: Any = None) -> bool:
     return True
 
 
-def _graphs_differ(model: nn.Module) -> bool:
+def _graphs_differ(model: nn.Module, traced: fx.Graph | None = None) -> bool:
+    """``traced``: the model's graph as already captured in its current mode (saves a trace)."""
     modes = {m: m.training for m in model.modules()}
     try:
         graphs = []
         for train in (False, True):
+            if traced is not None and train == model.training:
+                graphs.append(_signature_of(traced))
+                continue
             model.train(train)
             graphs.append(_signature(symbolic_trace(model)))
     finally:
@@ -79,8 +83,12 @@ def _graphs_differ(model: nn.Module) -> bool:
 
 
 def _signature(gm: fx.GraphModule) -> list:
+    return _signature_of(gm.graph)
+
+
+def _signature_of(graph: fx.Graph) -> list:
     return [(n.op, getattr(n.target, "__qualname__", str(n.target)), repr(n.args), repr(n.kwargs))
-            for n in gm.graph.nodes]
+            for n in graph.nodes]
 
 
 def _reads_training_when_run(model: nn.Module, example_inputs: Any) -> bool:

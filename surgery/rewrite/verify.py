@@ -170,7 +170,7 @@ def verify(reference: nn.Module, pruned: nn.Module, graph: ChannelGraph, removed
             where = first_divergence(reference, pruned, inputs, tol, keep_indices(graph, removed), skip)
             raise VerificationError(_message(error, tol, dtype, where, graph, removed) + _mask_hint(reference, where))
         if type(pruned) is type(reference):
-            train = _train_mode(reference, pruned, inputs, tol, compare=not crossed)
+            train = _train_mode(reference, pruned, inputs, tol, compare=not crossed, traced=_fx_graph(graph))
         else:  # a patched GraphModule: its forward keeps the branches of `self.training` that were traced
             train = _train_mode(None, pruned, inputs, tol, compare=False)
             train += " (a GraphModule: `if self.training` branches as traced)" if train else ""
@@ -203,10 +203,16 @@ def _modules_after(graph: ChannelGraph, crossed: list) -> set:
     return {n.target for n in graph.gm.graph.nodes if n.op == "call_module" and n.name in reached}
 
 
-def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol: float, compare: bool) -> str:
+def _fx_graph(graph: ChannelGraph) -> fx.Graph | None:
+    """The traced fx graph, when it is one (the export front's is another kind of graph)."""
+    return graph.gm.graph if graph.front == "fx" else None
+
+
+def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol: float, compare: bool,
+                traced: fx.Graph | None = None) -> str:
     """Train-mode check for models whose code reads ``self.training``: the pruned model must
     run and (``compare``, with a ``reference``) equal the masked reference; '' when not needed."""
-    if not branches_on_training(reference if reference is not None else pruned, inputs):
+    if not branches_on_training(reference if reference is not None else pruned, inputs, traced):
         return ""
     ref_out = None
     if reference is not None:
