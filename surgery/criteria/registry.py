@@ -1,16 +1,17 @@
 """Criteria by name: ``criteria.get("l1")``, ``criteria.register("mine")``."""
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from surgery.core.errors import ArgumentError, ArgumentTypeError
 from surgery.criteria.base import Criterion
 from surgery.criteria.normalize import Normalized
 
-__all__ = ["CRITERIA", "ALIASES", "register", "get", "available", "canonical"]
+__all__ = ["ALIASES", "register", "unregister", "registered", "get", "available", "canonical"]
 
-CRITERIA: dict[str, type] = {}
+_CRITERIA: dict[str, type] = {}
 ALIASES = {  # the names users of other tools type -> canonical names
     "l1norm": "l1", "l1_norm": "l1", "magnitude": "l1", "weight_magnitude": "l1", "l2norm": "l2", "l2_norm": "l2",
     "slimming": "bn_scale", "network_slimming": "bn_scale", "bn": "bn_scale", "bn_gamma": "bn_scale",
@@ -28,17 +29,37 @@ def canonical(name: str) -> str:
 def register(name: str) -> Callable[[type], type]:
     """Class decorator: make a criterion available as ``criteria.get(name)``."""
     def deco(cls: type) -> type:
-        if name in CRITERIA and CRITERIA[name] is not cls:
-            warnings.warn(f"criteria.register({name!r}): replacing {CRITERIA[name].__name__} with "
+        if name in _CRITERIA and _CRITERIA[name] is not cls:
+            warnings.warn(f"criteria.register({name!r}): replacing {_CRITERIA[name].__name__} with "
                           f"{cls.__name__}", stacklevel=2)
         cls.name = name
-        CRITERIA[name] = cls
+        _CRITERIA[name] = cls
         return cls
     return deco
 
 
+def unregister(name: str) -> None:
+    """Forget the criterion registered as ``name``."""
+    _CRITERIA.pop(name, None)
+
+
+@contextlib.contextmanager
+def registered(name: str, cls: type) -> Iterator[type]:
+    """``register(name)(cls)`` for the ``with`` block; what was registered before comes back."""
+    old = _CRITERIA.get(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # replacing is the point here
+        register(name)(cls)
+    try:
+        yield cls
+    finally:
+        _CRITERIA.pop(name, None) if old is None else _CRITERIA.__setitem__(name, old)
+        if old is not None:
+            old.name = name
+
+
 def available() -> list:
-    return sorted(CRITERIA)
+    return sorted(_CRITERIA)
 
 
 def get(criterion: Any, **options: Any):
@@ -53,11 +74,11 @@ def get(criterion: Any, **options: Any):
     normalize = options.pop("normalize", None)
     if isinstance(criterion, str):
         name = canonical(criterion)
-        if name not in CRITERIA:
+        if name not in _CRITERIA:
             raise ArgumentError(f"unknown criterion {criterion!r}; available: {', '.join(available())} "
                              f"(aliases: {', '.join(sorted(ALIASES))}). Register your own with "
                              f"@criteria.register(name).")
-        obj = CRITERIA[name](**options)
+        obj = _CRITERIA[name](**options)
     elif isinstance(criterion, Criterion):
         if options:
             raise ArgumentError("options are only accepted with a criterion name, not an object "

@@ -431,11 +431,17 @@ def test_get_wraps_a_criterion_object_when_asked_to_normalize():
 def test_registries_warn_on_overwrite():
     from surgery.extend import registered_layer, registered_method
     from surgery.ops.linear import LinearHandler
-    with pytest.warns(UserWarning, match="replacing"):
-        criteria.register("l1")(type("Other", (criteria.L1Norm,), {}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        criteria.register("l1")(criteria.L1Norm)
+    original = criteria.get("l1")
+    try:
+        with pytest.warns(UserWarning, match="replacing"):
+            criteria.register("l1")(type("Other", (criteria.L1Norm,), {}))
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            criteria.register("l1")(type(original))
+    with criteria.registry.registered("l1", type("Temp", (criteria.L1Norm,), {})):
+        assert type(criteria.get("l1")).__name__ == "Temp"
+    assert type(criteria.get("l1")) is type(original)
     old = methods()["relu"]
     with pytest.warns(UserWarning, match="replacing the rule"), registered_method("relu", rule=lambda ctx, node: None):
         pass

@@ -17,17 +17,14 @@ from surgery import cli
 from surgery.pipeline import ConfigError, resolve, run
 from surgery.pipeline.data import load
 from surgery.pipeline.config import DataSection
+from support.runs import run_config
 
 TINY = {"train": {"epochs": 2}, "finetune": {"epochs": 1}, "eval": {"repeats": 2, "warmup": 1,
                                                                       "batch_sizes": [1, 8]}}
 
 
 def _tiny(out, **sections):
-    cfg = {k: dict(v) for k, v in TINY.items()}
-    for k, v in sections.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    cfg["out"] = str(out)
-    return cfg
+    return run_config(TINY, out, **sections)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +187,7 @@ def test_ddp_with_two_processes_gives_every_rank_the_same_model(tmp_path):
 
 def test_sweep_writes_a_table_and_a_plot(tmp_path, capsys):
     assert cli.main(["sweep", "--criteria", "l1,fpgm", "--ratios", "0.3", "--seeds", "0,1", "--out",
-                     str(tmp_path / "s"), "train.epochs=1", "finetune.epochs=1"]) == 0
+                     str(tmp_path / "s"), "train.epochs=1", "finetune.epochs=1", "report=false"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "s" / "sweep.csv")))
     assert len(rows) == 4 and {r["criterion"] for r in rows} == {"l1", "fpgm"}
     md = (tmp_path / "s" / "sweep.md").read_text()

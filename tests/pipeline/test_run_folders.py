@@ -11,17 +11,14 @@ import yaml
 from surgery import cli
 from surgery.pipeline import ConfigError, run, runner
 from surgery.pipeline.measure import BUSY_SPREAD, busy_warning
+from support.runs import run_config
 
 QUICK = {"train": {"epochs": 1}, "finetune": {"epochs": 1}, "report": False,
          "eval": {"repeats": 2, "warmup": 1, "batch_sizes": [1]}}
 
 
 def _quick(out, **sections):
-    cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in QUICK.items()}
-    for k, v in sections.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    cfg["out"] = str(out)
-    return cfg
+    return run_config(QUICK, out, **sections)
 
 
 @pytest.fixture(scope="module")
