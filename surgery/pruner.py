@@ -199,7 +199,7 @@ class Pruner:
 
     def _select(self, graph: ChannelGraph, ratio: float, step: int) -> np.ndarray:
         c = self.config
-        method = "mean" if c.normalize == "flops" else c.normalize
+        method = "mean" if c.normalize in ("flops", "latency") else c.normalize
         scorer = _criteria.Normalized(self.criterion, method) if c.global_pruning else self.criterion
         counts = self.budget.counts(graph, ratio, step, scorer, self._unit_costs(graph))
         units = [select_units(graph, graph.groups[i], scorer, n) for i, n in counts.items()]
@@ -207,12 +207,12 @@ class Pruner:
         return np.concatenate(units) if units else EMPTY
 
     def _unit_costs(self, graph: ChannelGraph) -> dict | None:
-        """{group index: fraction of the FLOPs one of its units saves}, for normalize="flops"
-        (computed once per traced graph)."""
-        if self.config.normalize != "flops" or not self.config.global_pruning:
+        """{group index: fraction of the FLOPs (or measured latency) one of its units saves}, for
+        normalize="flops" / "latency" (computed once per traced graph)."""
+        if self.config.normalize not in ("flops", "latency") or not self.config.global_pruning:
             return None
         if getattr(self, "_costs_for", None) is not graph:
-            cost = CostModel(self.model, graph, self.example_inputs, "flops")
+            cost = CostModel(self.model, graph, self.example_inputs, self.config.normalize)
             self._costs, self._costs_for = {g.index: cost.unit_saving(g.units) for g in graph.prunable_groups}, graph
         return self._costs
 

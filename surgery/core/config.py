@@ -27,7 +27,7 @@ __all__ = ["PruneConfig", "check_tracer", "check_attention", "check_skip_blocks"
 
 TRACERS = ("auto", "fx", "export")
 ATTENTION = ("dims", "heads")
-NORMALIZE = ("none", "mean", "max", "lamp", "flops")
+NORMALIZE = ("none", "mean", "max", "lamp", "flops", "latency")
 SCHEDULES = ("linear", "exponential")
 RECONSTRUCT = ("none", "least_squares")
 
@@ -91,7 +91,8 @@ class PruneConfig:
                                   flag="--global")
     normalize: str = option("mean", "score normalisation used to rank across groups with global_pruning; "
                             "flops: importance (mean-normalised) per FLOP a channel's removal saves, so a FLOPs "
-                            "target removes the cheapest-to-lose compute", plain=str, choices=NORMALIZE)
+                            "target removes the cheapest-to-lose compute; latency: per second of measured "
+                            "per-layer latency (timed on the example inputs on this machine)", plain=str, choices=NORMALIZE)
     ratios: dict = option(help="{layer or name: ratio} for the groups those layers produce; a container "
                           "(model.layer1) sets every layer inside it", plain=Dict[str, float], metavar="LAYER=R",
                           factory=dict)

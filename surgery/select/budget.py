@@ -61,7 +61,7 @@ class Budget:
     def _warn_unused(self, graph: ChannelGraph) -> None:
         """Options that would silently do nothing on this model say so (once)."""
         c = self.config
-        if c.normalize in ("lamp", "flops") and not c.global_pruning:
+        if c.normalize in ("lamp", "flops", "latency") and not c.global_pruning:
             warnings.warn(f"normalize={c.normalize!r} only changes how groups are ranked against each other: it has "
                           "no effect without global_pruning=True", stacklevel=user_stacklevel())
         for name in self._ratios:

@@ -20,27 +20,59 @@ Example:
 """
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from surgery.core.errors import ArgumentError
 from surgery.groups.graph import ChannelGraph
+from surgery.core.inputs import as_inputs, evaluating
 from surgery.core.metrics import flops_by_module
 
-__all__ = ["CostModel"]
+__all__ = ["CostModel", "latency_by_module"]
+
+
+def latency_by_module(model: nn.Module, example_inputs: Any, repeats: int = 5) -> dict:
+    """{leaf module name: median seconds of its forward, "": of the whole forward}, measured on
+    the example inputs (one warm-up run, then ``repeats``; eval mode, no gradients)."""
+    leaves = {m: n for n, m in model.named_modules() if not any(True for _ in m.children())}
+    runs: dict = {n: [] for n in leaves.values()}
+    runs[""] = []
+    started: dict = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: started.__setitem__(mod, time.perf_counter()))
+             for m in leaves]
+    hooks += [m.register_forward_hook(lambda mod, args, out: runs[leaves[mod]].append(
+        time.perf_counter() - started.pop(mod))) for m in leaves]
+    args, kwargs = as_inputs(example_inputs)
+    try:
+        with evaluating(model), torch.no_grad():
+            for i in range(repeats + 1):
+                t0 = time.perf_counter()
+                model(*args, **kwargs)
+                runs[""].append(time.perf_counter() - t0)
+                if i == 0:  # the warm-up run does not count
+                    for times in runs.values():
+                        times.clear()
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: (statistics.median(ts) if ts else 0.0) for n, ts in runs.items()}
 
 
 class CostModel:
     """Fraction of the original cost kept after removing a set of units."""
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, example_inputs: Any, kind: str = "flops") -> None:
-        if kind not in ("flops", "params"):
-            raise ArgumentError(f"kind must be 'flops' or 'params', got {kind!r}")
+        if kind not in ("flops", "params", "latency"):
+            raise ArgumentError(f"kind must be 'flops', 'params' or 'latency', got {kind!r}")
         leaves = {n: m for n, m in model.named_modules() if not any(True for _ in m.children())}
-        if kind == "flops":
-            by_module = flops_by_module(model, example_inputs)
+        if kind in ("flops", "latency"):
+            by_module = flops_by_module(model, example_inputs) if kind == "flops" else \
+                latency_by_module(model, example_inputs)
             self.total = float(by_module.get("", 0))
             cost = {n: float(by_module.get(n, 0)) for n in leaves}
         else:

@@ -89,3 +89,15 @@ def test_normalize_flops_meets_the_target_with_another_allocation():
 def test_repairs_need_data_and_say_so():
     with pytest.raises(ValueError, match="recalibrate=True / reconstruct='least_squares' need calibration"):
         surgery.prune(create("resnet20"), X[:2], ratio=0.5, recalibrate=True)
+
+
+def test_normalize_latency_ranks_by_a_measured_per_layer_table():
+    from surgery.select.cost import latency_by_module
+    model, x = create("resnet20").eval(), torch.randn(1, 3, 32, 32)
+    table = latency_by_module(model, x, repeats=2)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert table[""] > 0 and all(table[n] > 0 for n in convs) and sum(table[n] for n in convs) < table[""] * 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = surgery.prune(model, x, target_flops=0.5, global_pruning=True, normalize="latency")
+    assert abs(count_flops(pruned, x) / count_flops(model, x) - 0.5) < 0.02
