@@ -280,6 +280,10 @@ def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
     if crit.needs_data and not args.data:
         raise CliError(f"criterion {options.get('criterion')} scores channels from data: add --data digits (bundled) "
                        f"or --data cifar10 --data-root DIR (a local copy), and --max-batches N to limit it")
+    repairs = options.get("recalibrate") or options.get("reconstruct", "none") != "none"
+    if repairs and not args.data:
+        raise CliError("--recalibrate / --reconstruct least_squares refit on calibration data: add --data digits "
+                       "(bundled) or --data cifar10 --data-root DIR, and --max-batches N")
     data = _calibration(args, tuple(x.shape)) if args.data else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

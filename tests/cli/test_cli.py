@@ -117,3 +117,12 @@ def test_a_library_refusal_is_one_line_and_a_bug_is_a_traceback(capsys, monkeypa
     monkeypatch.setattr(surgery.cli, "_prune", boom)
     with pytest.raises(ZeroDivisionError):
         main(["prune", "resnet20"])
+
+
+def test_repairs_from_the_command_line_need_data_and_run_with_it(capsys):
+    code, _, err = run(capsys, "prune", "resnet20", "--recalibrate")
+    assert code == 2 and "--data digits" in err
+    code, out, err = run(capsys, "prune", "resnet20", "--recalibrate", "--reconstruct", "least_squares",
+                         "--data", "digits", "--max-batches", "2")
+    assert code == 0, err
+    assert "verified" in out and "25.2%" in out
