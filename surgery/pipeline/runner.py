@@ -453,6 +453,7 @@ class _Context:
         if not is_main():
             return
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (self.out / "config.yaml").write_text(_header(self.facts, self.origins) + to_yaml(self.cfg))
         save(pruned.cpu(), self.out / "model.pt", architecture=self._architecture(data))
         plans = [json.loads(p) for p in history(pruned)]
         (self.out / "plan.json").write_text(json.dumps(plans, indent=1))
@@ -509,9 +510,11 @@ def run_facts(cfg: RunConfig, device: torch.device) -> dict:
             "backend": dist.get_backend() if distributed() else "none (one process)", "device": str(device)}
 
 
-def _header(facts: dict) -> str:
-    return (f"# {facts['budget']}; world size {facts['world_size']}, backend {facts['backend']}, "
-            f"device {facts['device']}\n")
+def _header(facts: dict, origins: dict | None = None) -> str:
+    lines = [f"# {facts['budget']}; world size {facts['world_size']}, backend {facts['backend']}, "
+             f"device {facts['device']}"]
+    lines += [f"# {name} model: {origin}" for name, origin in (origins or {}).items()]
+    return "\n".join(lines) + "\n"
 
 
 def _init_distributed() -> bool:

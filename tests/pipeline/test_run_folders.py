@@ -134,7 +134,9 @@ def test_a_run_records_world_size_backend_and_where_each_model_came_from(done):
     metrics = json.loads((done / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["world_size"] == 1 and "backend" in metrics
     assert metrics["origins"] == {"trained": "trained in this run", "pruned": "pruned in this run"}
-    assert (done / "config.yaml").read_text().startswith("# target: keep 50% of FLOPs; world size 1")
+    header = (done / "config.yaml").read_text()
+    assert header.startswith("# target: keep 50% of FLOPs; world size 1")
+    assert "# trained model: trained in this run\n# pruned model: pruned in this run\n" in header
 
 
 def test_amp_on_a_cpu_run_is_said_to_be_ignored(done):
