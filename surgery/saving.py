@@ -52,7 +52,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, architecture: str | dict 
     """
     spec = _architecture(architecture)
     torch.save({"format": FORMAT, "version": VERSION, "history": json.dumps(history(model)),
-                "architecture": json.dumps(spec), "state_dict": model.state_dict()}, path)
+                "architecture": json.dumps(spec), "state_dict": model.state_dict(),
+                "training": bool(model.training)}, path)
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, example_inputs: Any = None,
@@ -65,7 +66,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, example_inp
     built from that spec. No pickled code is executed, and no function the file names: a
     stored ``module:function`` spec is built only with the function you pass for it in
     ``builders`` (``{"my_pkg.nets:build": build}``); zoo, ``torchvision:`` and ``timm:``
-    specs need nothing. On any error ``model`` is left exactly as it was, weights included."""
+    specs need nothing. On any error ``model`` is left exactly as it was, weights included.
+    The model comes back in the mode it was saved in (eval for files that do not say), so a
+    loaded detector or BatchNorm model gives the saved model's outputs without ``.eval()``."""
     data = _read(path, map_location)
     built = model is None
     if built:
@@ -76,9 +79,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, example_inp
     plans = [Plan.from_json(text) for text in json.loads(data["history"])]
     try:
         with transaction(model):
-            return _replayed(model, plans, data, path, example_inputs, built)
+            loaded = _replayed(model, plans, data, path, example_inputs, built)
     except InPlaceError:  # a plan patches literal sizes: the result is a new GraphModule, `model` is untouched
-        return _replayed(copy.deepcopy(model), plans, data, path, example_inputs, True)
+        loaded = _replayed(copy.deepcopy(model), plans, data, path, example_inputs, True)
+    return loaded.train(bool(data.get("training", False)))
 
 
 def _replayed(model: nn.Module, plans: list, data: dict, path, example_inputs: Any, owned: bool) -> nn.Module:

@@ -291,3 +291,15 @@ def test_a_size_attribute_of_a_block_that_only_chains_submodules_follows():
     pruned = surgery.prune(model, X, ratio=0.5)
     assert pruned.block.a.out_channels == 4 and pruned.block.c == 4
     assert torch.allclose(pruned.block.forward_grouped(X), pruned.block(X))
+
+
+# ---------------------------------------------------------------- (issue 31, item 5) load keeps the saved mode
+@pytest.mark.parametrize("mode", [False, True])
+def test_load_returns_the_model_in_the_mode_it_was_saved_in(mode, tmp_path):
+    small = surgery.prune(_net(), X, ratio=0.5).train(mode)
+    surgery.save(small, tmp_path / "m.pt", architecture=None)
+    fresh = _net().train(not mode)  # a fresh model in the other mode
+    back = surgery.load(tmp_path / "m.pt", model=fresh)
+    assert back.training == mode and all(m.training == mode for m in back.modules())
+    if not mode:
+        assert torch.equal(back(X), small(X))  # no .eval() needed for the saved outputs
