@@ -20,7 +20,7 @@ import contextlib
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from surgery.rewrite.rebuild import keep_indices, rewrite
 from surgery.core.transaction import transaction, untouched
 from surgery.ops.context import VALUE_KEY, TensorMeta
 from surgery.rewrite.train_check import branches_on_training, train_forward
+from surgery.capture.fx import owning_module
 from surgery.capture.meta import NeedsValues, run_meta
 from surgery.core.errors import VerificationError
 
@@ -228,9 +229,12 @@ def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol
         with train_forward(pruned) as run:
             out = flat_tensors(run(inputs))
     except Exception as err:
+        with train_forward(pruned) as run:
+            where = _failing_module(pruned, lambda: run(inputs))
         raise VerificationError(
-            f"in train mode (the model's code reads self.training) the pruned model fails on the example inputs "
-            f"({type(err).__name__}: {err}); the model was left as it was. A branch taken only in training "
+            f"in train mode (the model's code reads self.training) the pruned model fails on the example inputs"
+            f"{f' in module {where!r}' if where else ''} ({type(err).__name__}: {err}); the model was left as it "
+            f"was. A branch taken only in training "
             f"uses layers the trace did not see: trace the model in train mode (model.train()), or keep "
             f"those layers with ignored_layers") from err
     if ref_out is None:
@@ -400,7 +404,9 @@ def check_output_shapes(graph: ChannelGraph, pruned: nn.Module, example_inputs: 
     if graph.front == "export":  # the exported graph returns the output's tensors, flat
         got = [t.shape for t in flat_tensors(out)]
     if want != got:
-        raise VerificationError(f"the pruned model's output shapes {got} differ from the original {want}; "
+        makers = sorted({owning_module(n) or "" for n in expected.all_input_nodes} - {""})
+        where = f" (outputs made in module {', '.join(repr(m) for m in makers[:3])})" if makers else ""
+        raise VerificationError(f"the pruned model's output shapes {got} differ from the original {want}{where}; "
                                 f"the model was left as it was. Please report this model.")
 
 
@@ -463,7 +469,7 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
             except VerificationError:
                 raise
             except Exception as err:  # the rewritten model does not even run
-                where = _failing_module(new, example_inputs)
+                where = _failing_module(new, lambda: run_eval(new, example_inputs))
                 fix = (f"keep the channels of '{where}' with ignored_layers=['{where}']" if where else
                        "keep the layers whose channels this step removes with ignored_layers")
                 raise VerificationError(f"the pruned model fails on the example inputs"
@@ -473,16 +479,21 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
     return new, result
 
 
-def _failing_module(model: nn.Module, example_inputs: Any) -> str:
-    """The qualified name of the innermost module whose forward raises on the inputs ("" when
-    none does, or when the model's own forward fails outside its submodules)."""
+def _closed(stack: list) -> None:
+    """A forward hook's body: drop the finished module; returns None, so the output stays."""
+    stack.pop()
+
+
+def _failing_module(model: nn.Module, forward: Callable[[], Any]) -> str:
+    """The qualified name of the innermost module whose forward raises when ``forward()`` runs
+    the model ("" when none does, or when the model's own forward fails outside its submodules)."""
     names = {id(m): n for n, m in model.named_modules()}
     open_: list = []
     hooks = [m.register_forward_pre_hook(lambda mod, args: open_.append(names.get(id(mod), "")))
              for m in model.modules()]
-    hooks += [m.register_forward_hook(lambda mod, args, out: open_.pop()) for m in model.modules()]
+    hooks += [m.register_forward_hook(lambda mod, args, out: _closed(open_)) for m in model.modules()]
     try:
-        run_eval(model, example_inputs)
+        forward()
     except Exception:
         return open_[-1] if open_ else ""
     finally:
