@@ -10,10 +10,13 @@ Examples:
   surgery prune torchvision:resnet18 --ratio 0.5 --input-shape 1,3,224,224 --output small.pt
   surgery prune my_pkg.nets:build --weights trained.pt --target-flops 0.5
   surgery prune resnet20 --criterion taylor --data digits
+  surgery prune llama-7b/ --output llama-7b-small/ --ratio 0.2 --calibration text.txt   (block by block)
 
 MODEL is a name from models.create (resnet20, vgg16_bn, ...), torchvision:NAME, timm:NAME,
 or module:function / path/to/file.py:function returning an nn.Module (called with
 num_classes=N when it accepts it). --weights loads a state_dict (weights_only=True).
+For `surgery prune`, MODEL may also be a Hugging Face decoder checkpoint folder (config.json
+and safetensors): it is pruned one decoder block at a time into the --output folder.
 """
 from __future__ import annotations
 
@@ -143,11 +146,35 @@ def _parser() -> argparse.ArgumentParser:
                     "(cifar10, mnist, ..., folder) read from --data-root")
     pr.add_argument("--data-root", default="data", help="where --data lives (nothing is downloaded)")
     pr.add_argument("--max-batches", type=int, default=8)
-    pr.add_argument("--output", help="save the pruned model (plans + weights, surgery.save) to this file")
+    pr.add_argument("--output", help="save the pruned model (plans + weights, surgery.save) to this file; for a "
+                    "checkpoint folder, the new folder to write")
     pr.add_argument("--dry-run", action="store_true",
                     help="print the plan (channels each group loses) and its preview (params and FLOPs per layer "
                          "before and after); change nothing, write nothing")
+    _checkpoint_flags(pr.add_argument_group("checkpoint folders (MODEL is a Hugging Face folder; pruned block by "
+                                            "block into --output, a new folder)"))
     return p
+
+
+CHECKPOINT_OPTIONS = ("ratio", "head_ratio", "criterion", "skip_blocks", "verify")  # the PruneConfig fields it reads
+
+
+CHECKPOINT_DEFAULTS = {"calibration": None, "samples": 32, "seq_len": 256, "batch_size": 4, "feed": "pruned",
+                       "bias_compensation": None}
+
+
+def _checkpoint_flags(g) -> None:
+    """Flags of ``surgery prune FOLDER``; not given, they are absent from the namespace."""
+    kw = dict(default=argparse.SUPPRESS)
+    g.add_argument("--calibration", help="a text file (tokenised with the folder's tokenizer) or a tensor file of "
+                   "token ids (.pt); needed by data criteria (wanda, flap, activation_norm)", **kw)
+    g.add_argument("--samples", type=int, help="calibration windows (default 32)", **kw)
+    g.add_argument("--seq-len", type=int, help="tokens per calibration window (default 256)", **kw)
+    g.add_argument("--batch-size", type=int, help="windows run through a block at once (default 4)", **kw)
+    g.add_argument("--feed", choices=["pruned", "original"],
+                   help="the next block sees the pruned block's output (default) or the original's", **kw)
+    g.add_argument("--bias-compensation", action=argparse.BooleanOptionalAction,
+                   help="FLAP's bias compensation (default: on for --criterion flap only)", **kw)
 
 
 def _layering(s: argparse.ArgumentParser) -> None:
@@ -258,6 +285,13 @@ def main(argv: list | None = None) -> int:
 def _run(args) -> int:
     if args.command in ("run", "config", "sweep", "report"):
         return _pipeline(args)
+    if args.command == "prune" and os.path.isdir(args.model):
+        return _prune_checkpoint(args)
+    if args.command == "prune":
+        given = [f"--{k.replace('_', '-')}" for k in CHECKPOINT_DEFAULTS if hasattr(args, k)]
+        if given:
+            raise CliError(f"{', '.join(given)} only apply when MODEL is a checkpoint folder; {args.model!r} is not a "
+                           f"folder")
     import surgery  # imported here so that `surgery --help` does not load the engine
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.num_classes).eval()
@@ -309,6 +343,37 @@ def _prune(surgery, model: nn.Module, x: torch.Tensor, args) -> int:
         arch = {"name": args.model, **({} if args.num_classes is None else {"num_classes": args.num_classes})}
         surgery.save(pruned, args.output, architecture=arch)
         print(f"saved to {args.output} (surgery.load({args.output!r}) rebuilds it)")
+    return 0
+
+
+def _prune_checkpoint(args) -> int:
+    """``surgery prune FOLDER --output OUT``: block by block (surgery.blockwise)."""
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        raise CliError(f"{args.model!r} is a folder without config.json: give a Hugging Face model folder "
+                       f"(what save_pretrained writes) or a model name")
+    if not args.output:
+        raise CliError("a checkpoint folder is pruned into a new folder: add --output OUT_DIR")
+    options = config_options(args)
+    other = sorted(set(options) - set(CHECKPOINT_OPTIONS))
+    if other or args.dry_run or args.data or args.weights:
+        flags = [f"--{k.replace('_', '-')}" for k in other] + [f for f, v in (("--dry-run", args.dry_run),
+                 ("--data", args.data), ("--weights", args.weights)) if v]
+        raise CliError(f"{', '.join(flags)} do not apply to a checkpoint folder; it takes --ratio, --head-ratio, "
+                       f"--criterion, --skip-blocks, --no-verify and --calibration/--samples/--seq-len/--feed")
+    if "ratio" not in options:
+        raise CliError("add --ratio R (the fraction of every block's MLP channels, and heads unless --head-ratio, "
+                       "to remove)")
+    from surgery.blockwise import prune_checkpoint
+    flags = {k: getattr(args, k, default) for k, default in CHECKPOINT_DEFAULTS.items()}
+    plan = prune_checkpoint(args.model, args.output, seed=args.seed, criterion=options.pop("criterion", "wanda"),
+                            **flags, **options)
+    if os.environ.get("RANK", "0") == "0":
+        changes = ", ".join(f"{k} {a} -> {b}" for k, a, b in plan["config_changes"]) or "nothing"
+        exact = sum(b["exact"] for b in plan["blocks"])
+        print(f"{args.model}: {len(plan['blocks'])} blocks pruned ({plan['options']['criterion']}), {exact} verified "
+              f"exact against their masked originals; config: {changes}; {plan['seconds']} s")
+        print(f"written to {args.output} (AutoModelForCausalLM.from_pretrained loads it; the plan is in "
+              f"surgery_plan.json)")
     return 0
 
 

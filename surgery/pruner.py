@@ -115,6 +115,7 @@ class Pruner:
         self.step_index = 0
         self.plans: list = []
         self.verification: Verification | None = None  # what the last step's check covered
+        self.last_step: tuple | None = None  # (channel graph, removed units) of the last step
         self._cost0: float | None = None
 
     @property
@@ -146,6 +147,7 @@ class Pruner:
                                                  new_object_ok=self.model is not self._callers)
         self.model, self._owned = record(new, self.model, plan, touched_layers(graph, units)), True
         object.__setattr__(self.model, KEEPS, keep_indices(graph, units))
+        self.last_step = (graph, units)
         self._repair(before)
         self.plans.append(plan)
         self.step_index += 1

@@ -17,7 +17,7 @@ import torch.nn as nn
 from surgery.core.frames import user_stacklevel
 from surgery.groups.graph import ChannelGraph
 
-__all__ = ["follow_config", "WIDTH_KEYS", "HEAD_KEYS"]
+__all__ = ["follow_config", "config_changes", "apply_changes", "WIDTH_KEYS", "HEAD_KEYS"]
 
 WIDTH_KEYS = ("hidden_size", "intermediate_size", "ffn_dim", "n_inner", "n_embd", "d_model", "dim",
               "hidden_dim", "encoder_ffn_dim", "decoder_ffn_dim", "word_embed_proj_dim", "head_dim")
@@ -25,12 +25,10 @@ HEAD_KEYS = ("num_attention_heads", "num_key_value_heads", "n_head", "num_heads"
              "decoder_attention_heads", "multi_query_group_num")
 
 
-def follow_config(model: nn.Module, graph: ChannelGraph, removed: np.ndarray) -> list:
-    """Update ``model.config`` in place; returns the keys changed as ``(key, old, new)``."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        return []
-    head_dim = _head_dim(config)
+def config_changes(config, graph: ChannelGraph, removed: np.ndarray) -> tuple[list, list]:
+    """``(changed, uneven)`` for a config: the keys a pruning by ``removed`` changes, as
+    ``(key, old, new)``, and the keys it cannot describe (layers left with different counts).
+    Nothing is modified."""
     gone = graph.removed_mask(removed)
     heads, widths = _head_counts(graph, gone), _widths(graph, gone)
     changed, uneven = [], []
@@ -41,12 +39,29 @@ def follow_config(model: nn.Module, graph: ChannelGraph, removed: np.ndarray) ->
                 continue
             news = counts[old]
             if len(news) == 1 and next(iter(news)) != old:
-                setattr(config, key, next(iter(news)))
                 changed.append((key, old, next(iter(news))))
             elif len(news) > 1:
                 uneven.append(f"{key} ({old} -> {sorted(news)})")
+    return changed, uneven
+
+
+def apply_changes(config, changed: list) -> None:
+    """Set the ``(key, old, new)`` changes on ``config``, pinning ``head_dim`` when head counts
+    change (``hidden_size // num_attention_heads`` no longer gives it)."""
+    head_dim = _head_dim(config)
+    for key, _, new in changed:
+        setattr(config, key, new)
     if changed and head_dim and getattr(config, "head_dim", None) is None:
-        config.head_dim = head_dim  # hidden_size // num_attention_heads no longer gives it
+        config.head_dim = head_dim
+
+
+def follow_config(model: nn.Module, graph: ChannelGraph, removed: np.ndarray) -> list:
+    """Update ``model.config`` in place; returns the keys changed as ``(key, old, new)``."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return []
+    changed, uneven = config_changes(config, graph, removed)
+    apply_changes(config, changed)
     if changed and not uneven and not _describes(model):
         warnings.warn(f"{type(config).__name__} was updated ({', '.join(f'{k}: {a} -> {b}' for k, a, b in changed)}) "
                       f"but {type(model).__name__}(config) still builds other shapes (its code derives them "

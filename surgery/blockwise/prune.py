@@ -1,0 +1,304 @@
+"""Prune a Hugging Face decoder checkpoint block by block, with one block in memory at a time.
+
+The model is built on the meta device from ``config.json``; the embeddings and then one
+decoder block at a time are read from the safetensors shards (memory-mapped, float32 for
+the math). Calibration hidden states go from block to block. Each block is scored, pruned
+by whole heads and MLP channels, verified against its masked original on the calibration
+hidden states (so the whole model is a composition of checked blocks), written to its own
+output shard in the checkpoint's dtype, and freed. The output is a standard checkpoint:
+``AutoModelForCausalLM.from_pretrained(output)`` loads it with no remote code.
+
+Example:
+    >>> summary = prune_checkpoint("llama-7b", "llama-7b-pruned", ratio=0.2,
+    ...                            calibration="text.txt", samples=32, seq_len=256)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from surgery import criteria as _criteria
+from surgery.blockwise.calibration import calibration_ids
+from surgery.blockwise.compensate import bias_switches, compensate, input_sums
+from surgery.blockwise.shards import INDEX, SINGLE, Checkpoint, ShardWriter
+from surgery.blockwise.skeleton import block_inputs, materialize, release, skeleton
+from surgery.core.config import check_skip_blocks
+from surgery.core.errors import ArgumentError, check_ratio
+from surgery.pruner import Pruner
+from surgery.repair.reconstruct import KEEPS
+from surgery.rewrite.model_config import apply_changes, config_changes
+
+__all__ = ["prune_checkpoint", "PLAN_FILE", "FEEDS"]
+
+PLAN_FILE = "surgery_plan.json"
+FEEDS = ("pruned", "original")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+
+
+def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, ratio: float,
+                     head_ratio: float | None = None, criterion: str = "wanda",
+                     calibration: str | os.PathLike | None = None, samples: int = 32, seq_len: int = 256,
+                     batch_size: int = 4, skip_blocks: tuple = (0, 0), feed: str = "pruned",
+                     bias_compensation: bool | None = None, verify: bool = True, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Prune the checkpoint folder ``checkpoint`` into ``output``; returns the plan written there.
+
+    Args:
+        ratio: fraction of every block's MLP channels (and heads, unless ``head_ratio``) removed.
+        head_ratio: fraction of attention heads removed (whole heads; default ``ratio``).
+        criterion: ``"wanda"`` (Wanda-SP), ``"flap"``, ``"activation_norm"`` (Minitron),
+            ``"l1"``/``"l2"`` (magnitude) or ``"random"``; any registered criterion works.
+        calibration: a text file (tokenised with the checkpoint's tokenizer) or a tensor file
+            of token ids; data criteria need it, weight criteria use random ids to verify.
+        samples, seq_len: calibration windows; ``batch_size`` of them run at once.
+        skip_blocks: ``(first, last)`` blocks kept whole. Their counts then differ from the
+            pruned blocks', which ``config.json`` cannot say: refused (see README).
+        feed: ``"pruned"`` (the next block sees the pruned block's output) or ``"original"``.
+        bias_compensation: FLAP's bias compensation (default: on for ``"flap"`` only).
+        verify: check every pruned block against its masked original (default on).
+        seed: seeds the calibration windows (rank ``r`` of a torchrun job uses ``seed + r``).
+    """
+    from transformers import AutoConfig
+    check_ratio(ratio, "ratio")
+    if head_ratio is not None:
+        check_ratio(head_ratio, "head_ratio")
+    if feed not in FEEDS:
+        raise ArgumentError(f"feed must be one of {FEEDS}, got {feed!r}")
+    if tuple(check_skip_blocks(skip_blocks)) != (0, 0):
+        raise ArgumentError("skip_blocks would leave blocks with other head counts and widths than the pruned ones, "
+                            "and config.json holds one count per model, so from_pretrained could not load the "
+                            "result; this path writes standard checkpoints only. Load the model whole and use "
+                            "surgery.prune(..., skip_blocks=...) with surgery.save instead")
+    source, out = Path(checkpoint), Path(output)
+    ckpt = Checkpoint(source)
+    _check_output(source, out)
+    crit = _criteria.get(criterion)
+    if crit.needs_data and calibration is None:
+        raise ArgumentError(f"criterion {criterion!r} scores channels from activations: give calibration=<a text "
+                            f"file or a tensor file of token ids> (--calibration FILE)")
+    compensate_bias = (criterion == "flap") if bias_compensation is None else bias_compensation
+    config = AutoConfig.from_pretrained(source)
+    model, blocks_name, blocks = skeleton(copy.deepcopy(config))
+    rank, world = _rank()
+    ids = calibration_ids(calibration, source, samples=samples, seq_len=seq_len, seed=seed + rank,
+                          vocab_size=getattr(config, "vocab_size", None))
+    started = time.perf_counter()
+    outer = materialize(model, "", ckpt, skip=(blocks_name,))
+    _check_keys(ckpt, outer, blocks_name, len(blocks))
+    hidden, calls = block_inputs(model, blocks, ids)
+    release(model)
+    writer = ShardWriter(out, len(blocks) + 1)
+    created = rank == 0 and not out.exists()
+    try:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            writer.write({k: ckpt.get(k) for k in outer})
+        job = _Job(ckpt, config, crit, dict(ratio=ratio, head_ratio=head_ratio, verify=verify, criterion=criterion),
+                   compensate_bias, batch_size, blocks_name)
+        records = []
+        for i, block in enumerate(tqdm(blocks, desc="pruning blocks", unit="block", disable=not progress or rank)):
+            record, hidden = job.block(i, block, calls[i], hidden, feed)
+            records.append(record)
+            if rank == 0:
+                writer.write(job.tensors(i, block))
+            release(block)
+        plan = _plan(job, records, source, calibration, ids, samples, seq_len, seed, feed, world,
+                     time.perf_counter() - started)
+        if rank == 0:
+            job.new_config.save_pretrained(out)
+            _copy_side_files(source, out)
+            (out / PLAN_FILE).write_text(json.dumps(plan, indent=1))
+            writer.finish()  # last: the checkpoint is complete only once its index exists
+    except BaseException:
+        if rank == 0:
+            _clear(out, created)
+        raise
+    return plan
+
+
+class _Job:
+    """What stays the same over the blocks: the checkpoint, the criterion, the first pruned
+    block's config changes and shapes (every later block must match them)."""
+
+    def __init__(self, ckpt: Checkpoint, config: Any, crit: Any, options: dict, compensate_bias: bool,
+                 batch_size: int, blocks_name: str) -> None:
+        self.ckpt, self.config, self.crit, self.options = ckpt, config, crit, options
+        self.compensate_bias, self.batch_size, self.blocks_name = compensate_bias, batch_size, blocks_name
+        self.new_config = copy.deepcopy(config)
+        self.changes: list | None = None
+        self.shapes: dict | None = None
+        self.zero_biases: set = set()
+        self.dtype = ckpt.float_dtype()
+
+    def prefix(self, i: int) -> str:
+        return f"{self.blocks_name}.{i}."
+
+    def block(self, i: int, block: nn.Module, call, hidden: torch.Tensor, feed: str) -> tuple[dict, torch.Tensor]:
+        """Load, score, prune, verify, compensate block ``i``; returns its record and the next hidden states."""
+        _own_config(block)
+        materialize(block, self.prefix(i), self.ckpt)
+        rows = [slice(s, s + self.batch_size) for s in range(0, hidden.shape[0], self.batch_size)]
+        batches = [call.inputs(hidden[r], r) for r in rows]
+        widths = {n: tuple(m.weight.shape) for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        sums = input_sums(block, batches, lambda m, b: m(**b)) if self.compensate_bias else {}
+        originals = _outputs(block, batches) if feed == "original" else None
+        pruner = Pruner(block, batches[0], inplace=True, attention="heads",
+                        data=batches if self.crit.needs_data else None, **self.options)
+        with warnings.catch_warnings():  # the first block's warnings would repeat for every block
+            warnings.simplefilter("ignore")
+            pruner.step()
+        graph, removed = pruner.last_step
+        keeps = getattr(block, KEEPS)
+        compensated = compensate(block, keeps, self._weights(i, keeps), sums) if self.compensate_bias else []
+        self._follow(i, block, graph, removed, compensated)
+        record = {"block": i, "verification": str(pruner.verification), "exact": bool(pruner.verification.exact),
+                  "removed": _removed(keeps, widths), "bias_compensated": compensated}
+        nxt = originals if originals is not None else _outputs(block, batches)
+        return record, torch.cat(nxt)
+
+    def _weights(self, i: int, keeps: dict) -> dict:
+        names = {name for name, role in keeps if role == "in"}
+        return {n: self.ckpt.get(self.prefix(i) + n + ".weight").float() for n in names
+                if self.prefix(i) + n + ".weight" in self.ckpt}
+
+    def _follow(self, i: int, block: nn.Module, graph, removed: np.ndarray, compensated: list) -> None:
+        """The first pruned block sets the config changes and shapes; later ones must agree."""
+        changes, uneven = config_changes(self.config, graph, removed)
+        if uneven:
+            raise ArgumentError(f"block {i} was pruned to uneven counts ({', '.join(uneven)}), which config.json "
+                                f"cannot describe")
+        if self.changes is None:
+            self.changes = changes
+            apply_changes(self.new_config, changes)
+            if compensated:
+                self.new_config, self.zero_biases = bias_switches(
+                    self.new_config, lambda c: skeleton(c)[2][i], set(compensated))
+        elif changes != self.changes:
+            raise ArgumentError(f"block {i} changes the config as {changes}, block 0 as {self.changes}: the blocks "
+                                f"differ in structure, so one config.json cannot describe them")
+        _add_zero_biases(block, self.zero_biases)
+        shapes = {k: tuple(v.shape) for k, v in block.state_dict().items()}
+        if self.shapes is None:
+            fresh = {k: tuple(v.shape) for k, v in skeleton(self.new_config)[2][i].state_dict().items()}
+            if fresh != shapes:
+                diff = sorted(k for k in set(fresh) | set(shapes) if fresh.get(k) != shapes.get(k))[:3]
+                raise ArgumentError(f"the config.json written for the pruned model would build other shapes than the "
+                                    f"pruned block's ({', '.join(diff)}): this family derives its shapes in a way "
+                                    f"the config keys do not follow; prune it whole with surgery.prune instead")
+            self.shapes = shapes
+        elif shapes != self.shapes:
+            raise ArgumentError(f"block {i} has other shapes after pruning than block 0: one config.json cannot "
+                                f"describe both")
+
+    def tensors(self, i: int, block: nn.Module) -> dict:
+        """The pruned block's tensors under their checkpoint keys, in the checkpoint's dtypes."""
+        out = {}
+        for name, t in block.state_dict().items():
+            key = self.prefix(i) + name
+            dtype = self.ckpt.dtype_of(key) if key in self.ckpt else self.dtype
+            out[key] = t.detach().to(dtype) if t.is_floating_point() else t.detach()
+        return out
+
+
+def _own_config(block: nn.Module) -> None:
+    """Give the block a private copy of the unpruned config: some families read it in their
+    forward (Phi-3 splits its fused projection by ``config.num_attention_heads``), and the
+    rewrite updates the config a block holds, which must not change the blocks after it."""
+    copies: dict = {}
+    for module in block.modules():
+        shared = getattr(module, "config", None)
+        if hasattr(shared, "to_dict"):
+            module.config = copies.setdefault(id(shared), copy.deepcopy(shared))
+
+
+def _outputs(block: nn.Module, batches: list) -> list:
+    with torch.no_grad():
+        return [_hidden(block(**b)) for b in batches]
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _add_zero_biases(block: nn.Module, names: set) -> None:
+    for name in names:
+        layer = block.get_submodule(name)
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(layer.out_features, dtype=layer.weight.dtype), requires_grad=False)
+
+
+def _removed(keeps: dict, widths: dict) -> dict:
+    """{layer: {"out"/"in": removed indices}} of the Linear layers, from the kept ones."""
+    out: dict = {}
+    for (name, role), kept in sorted(keeps.items()):
+        if name not in widths or role not in ("out", "in"):
+            continue
+        size = widths[name][0 if role == "out" else 1]
+        out.setdefault(name, {})[role] = np.setdiff1d(np.arange(size), np.asarray(kept)).tolist()
+    return out
+
+
+def _plan(job: _Job, records: list, source: Path, calibration, ids: torch.Tensor, samples: int, seq_len: int,
+          seed: int, feed: str, world: int, seconds: float) -> dict:
+    return {"format": "torch-surgery-blockwise", "version": 1, "source": str(source),
+            "options": {**job.options, "feed": feed, "bias_compensation": job.compensate_bias},
+            "calibration": {"file": None if calibration is None else str(calibration), "samples": samples,
+                            "seq_len": seq_len, "seed": seed, "ranks": world, "tokens_per_rank": int(ids.numel())},
+            "config_changes": [list(c) for c in job.changes or []],
+            "bias_switches": sorted(k for k, v in job.new_config.to_dict().items()
+                                    if k.endswith("bias") and v is True and getattr(job.config, k, None) is False),
+            "seconds": round(seconds, 1), "blocks": records}
+
+
+def _check_output(source: Path, out: Path) -> None:
+    if out.resolve() == source.resolve():
+        raise ArgumentError(f"output {str(out)!r} is the checkpoint folder itself; give a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArgumentError(f"output {str(out)!r} exists and is not an empty folder; give a new one (nothing is "
+                            f"overwritten)")
+
+
+def _check_keys(ckpt: Checkpoint, outer: list, blocks_name: str, count: int) -> None:
+    """Every checkpoint tensor belongs to a block or was loaded into the rest of the model."""
+    inside = tuple(f"{blocks_name}.{i}." for i in range(count))
+    stray = sorted(set(ckpt.keys()) - set(outer) - {k for k in ckpt.keys() if k.startswith(inside)})
+    if stray:
+        raise ArgumentError(f"the checkpoint holds tensors its config.json does not build ({', '.join(stray[:3])}"
+                            f"{', ...' if len(stray) > 3 else ''}); they would be lost, so nothing was written")
+
+
+def _clear(out: Path, created: bool) -> None:
+    """Nothing half-written is left behind: the folder goes if this run made it, else its files."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out.is_dir():
+        for path in out.iterdir():
+            if path.is_file():
+                path.unlink()
+
+
+def _copy_side_files(source: Path, out: Path) -> None:
+    """Tokenizer, generation config and other small files; never weights, the index or config.json."""
+    for path in source.iterdir():
+        if path.is_file() and path.name not in ("config.json", INDEX, SINGLE, PLAN_FILE) \
+                and not path.name.endswith(_WEIGHT_SUFFIXES):
+            shutil.copy2(path, out / path.name)
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+

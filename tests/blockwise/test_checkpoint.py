@@ -1,0 +1,175 @@
+"""Block-by-block pruning of a checkpoint folder, as a user runs it: the output is a standard
+checkpoint that from_pretrained loads, equal to the masked original, written with one block
+in memory at a time, in the checkpoint's dtype, with nothing left behind on a refusal."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from support import checkpoints as ck
+from support.hf_models import TOKENS
+
+import surgery.blockwise.prune as bw
+from surgery.blockwise import PLAN_FILE, prune_checkpoint
+from surgery.blockwise.calibration import calibration_ids
+from surgery.blockwise.compensate import compensate
+from surgery.core.errors import ArgumentError
+
+pytest.importorskip("transformers")
+
+
+def _ids(seed=5, rows=2, cols=12):
+    return torch.randint(1, TOKENS, (rows, cols), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "phi3", "llama-mqa"])
+def test_pruned_folder_loads_and_equals_the_masked_original(tmp_path, family):
+    src = ck.write(str(tmp_path / "src"), family)
+    out = tmp_path / "out"
+    plan = prune_checkpoint(src, out, ratio=0.5, criterion="wanda", calibration=ck.ids_file(str(tmp_path)),
+                            samples=6, seq_len=8, batch_size=4, progress=False)
+    small = ck.load(out)
+    original = ck.load(src)
+    assert small.config.num_attention_heads == original.config.num_attention_heads // 2
+    assert small.config.intermediate_size == original.config.intermediate_size // 2
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in original.parameters())
+    assert all(b["exact"] for b in plan["blocks"]) and len(plan["blocks"]) == 3
+    reference = ck.masked_original(src, out / PLAN_FILE)
+    x = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(small(input_ids=x).logits, reference(input_ids=x).logits, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(small(input_ids=x).logits, original(input_ids=x).logits, atol=1e-3)
+
+
+def test_dtype_kept_side_files_copied_single_file_source(tmp_path):
+    src = ck.write(str(tmp_path / "src"), "llama", dtype=torch.bfloat16, shard=None, tokenizer=True)
+    assert os.path.exists(os.path.join(src, "model.safetensors"))
+    out = tmp_path / "out"
+    prune_checkpoint(src, out, ratio=0.25, criterion="l2", progress=False)  # a weight criterion needs no data
+    from safetensors import safe_open
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    dtypes = set()
+    for name in set(index["weight_map"].values()):
+        with safe_open(out / name, framework="pt") as f:
+            dtypes |= {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}
+    assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= set(os.listdir(out))
+    assert ck.load(out, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_one_block_in_memory_at_a_time(tmp_path, monkeypatch):
+    src = ck.write(str(tmp_path / "src"), "llama", layers=4)
+    seen, real = [], bw.materialize
+    built = {}
+    skeleton = bw.skeleton
+
+    def remember(config):
+        model, name, blocks = skeleton(config)
+        built.setdefault("blocks", blocks)
+        return model, name, blocks
+
+    def counting(module, prefix, *args, **kwargs):
+        if "blocks" in built and module in built["blocks"]:
+            seen.append(sum(any(p.device.type != "meta" for p in b.parameters()) for b in built["blocks"]))
+        return real(module, prefix, *args, **kwargs)
+
+    monkeypatch.setattr(bw, "skeleton", remember)
+    monkeypatch.setattr(bw, "materialize", counting)
+    prune_checkpoint(src, tmp_path / "out", ratio=0.5, criterion="l1", progress=False)
+    assert seen == [0, 0, 0, 0]  # when each block is loaded, no other block holds memory
+
+
+def test_feed_original_is_also_the_masked_original(tmp_path):
+    src = ck.write(str(tmp_path / "src"), "llama")
+    ids = ck.ids_file(str(tmp_path))
+    plans = {feed: prune_checkpoint(src, tmp_path / feed, ratio=0.5, criterion="activation_norm", calibration=ids,
+                                    samples=6, seq_len=8, feed=feed, progress=False) for feed in ("pruned", "original")}
+    assert plans["original"]["options"]["feed"] == "original"
+    x = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(ck.load(tmp_path / "original")(input_ids=x).logits,
+                                   ck.masked_original(src, tmp_path / "original" / PLAN_FILE)(input_ids=x).logits,
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_flap_compensates_biases_that_from_pretrained_loads(tmp_path):
+    src = ck.write(str(tmp_path / "src"), "llama")
+    plan = prune_checkpoint(src, tmp_path / "out", ratio=0.5, criterion="flap", calibration=ck.ids_file(str(tmp_path)),
+                            samples=6, seq_len=8, progress=False)
+    assert plan["bias_switches"] == ["attention_bias", "mlp_bias"]
+    assert all(set(b["bias_compensated"]) == {"self_attn.o_proj", "mlp.down_proj"} for b in plan["blocks"])
+    small = ck.load(tmp_path / "out")
+    layer = small.model.layers[1]
+    assert layer.self_attn.o_proj.bias.abs().sum() > 0 and layer.mlp.down_proj.bias.abs().sum() > 0
+    assert layer.self_attn.q_proj.bias.abs().sum() == 0 and layer.mlp.up_proj.bias.abs().sum() == 0
+    with torch.no_grad():
+        assert torch.isfinite(small(input_ids=_ids()).logits).all()
+
+
+def test_compensation_removes_the_mean_part_of_the_layer_error():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 5).double()
+    x = torch.randn(200, 8, dtype=torch.float64) + torch.linspace(-2, 2, 8, dtype=torch.float64)
+    kept = [0, 2, 5, 7]
+    small = nn.Linear(4, 5).double()
+    with torch.no_grad():
+        small.weight.copy_(layer.weight[:, kept])
+        small.bias.copy_(layer.bias)
+    before = (small(x[:, kept]) - layer(x)).pow(2).sum()
+    compensate(small, {("", "in"): kept}, {"": layer.weight.detach()}, {"": (x.sum(0), x.shape[0])})
+    after = (small(x[:, kept]) - layer(x)).pow(2).sum()
+    removed = [1, 3, 4, 6]
+    mean_part = x.shape[0] * (layer.weight[:, removed] @ x[:, removed].mean(0)).pow(2).sum()
+    torch.testing.assert_close(after, before - mean_part)  # only the fluctuation of the removed inputs is left
+    assert after < 0.7 * before
+
+
+def test_a_family_whose_config_cannot_hold_the_biases_is_refused_and_nothing_is_left(tmp_path):
+    src = ck.write(str(tmp_path / "src"), "qwen2")  # q/k/v biases are fixed, o_proj has none and no switch
+    out = tmp_path / "out"
+    with pytest.raises(ArgumentError, match="bias_compensation=False"):
+        prune_checkpoint(src, out, ratio=0.5, criterion="flap", calibration=ck.ids_file(str(tmp_path)), samples=4,
+                         seq_len=8, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(skip_blocks=(1, 0)), "config.json holds one count per model"),
+    (dict(criterion="wanda"), "scores channels from activations"),
+    (dict(feed="both"), "feed must be one of"),
+    (dict(ratio=1.5), "ratio"),
+])
+def test_refusals_name_the_fix(tmp_path, kwargs, message):
+    src = ck.write(str(tmp_path / "src"), "llama")
+    with pytest.raises(ArgumentError, match=message):
+        prune_checkpoint(src, tmp_path / "out", **{"ratio": 0.5, "criterion": "l1", "progress": False, **kwargs})
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_must_be_new(tmp_path):
+    src = ck.write(str(tmp_path / "src"), "llama")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    for out, message in ((src, "checkpoint folder itself"), (tmp_path / "busy", "not an empty folder")):
+        with pytest.raises(ArgumentError, match=message):
+            prune_checkpoint(src, out, ratio=0.5, criterion="l1", progress=False)
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    with pytest.raises(ArgumentError, match="no config.json"):
+        prune_checkpoint(tmp_path / "busy", tmp_path / "x", ratio=0.5, criterion="l1", progress=False)
+
+
+def test_calibration_from_text_uses_the_checkpoint_tokenizer(tmp_path):
+    src = ck.write(str(tmp_path / "src"), "llama", tokenizer=True)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i % 50}" for i in range(400)))
+    ids = calibration_ids(text, src, samples=3, seq_len=10)
+    assert ids.shape == (3, 10) and int(ids.max()) < 50
+    with pytest.raises(ArgumentError, match="fewer than seq_len"):
+        calibration_ids(text, src, samples=3, seq_len=1000)
+    with pytest.raises(ArgumentError, match="no tokenizer"):
+        calibration_ids(text, ck.write(str(tmp_path / "bare"), "llama"), samples=3, seq_len=10)
+    plan = prune_checkpoint(src, tmp_path / "out", ratio=0.5, criterion="wanda", calibration=text, samples=4,
+                            seq_len=10, progress=False)
+    assert plan["calibration"]["tokens_per_rank"] == 40
