@@ -27,20 +27,34 @@ SHAPES = {"llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_attent
           "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
                                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)}
 
-PRUNE = r"""
+SAMPLER = r"""
+import threading, time
+PEAK = {"RssAnon": 0, "RssFile": 0}
+def _sample():
+    while True:
+        for line in open("/proc/self/status"):
+            key = line.split(":")[0]
+            if key in PEAK:
+                PEAK[key] = max(PEAK[key], int(line.split()[1]) / 2**20)
+        time.sleep(0.02)
+threading.Thread(target=_sample, daemon=True).start()
+"""
+
+PRUNE = SAMPLER + r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[7]))
 from surgery.blockwise import prune_checkpoint
 start = time.perf_counter()
 plan = prune_checkpoint(sys.argv[1], sys.argv[2], ratio=float(sys.argv[3]), criterion=sys.argv[4],
-                        calibration=sys.argv[8], samples=int(sys.argv[5]), seq_len=int(sys.argv[6]), progress=False)
+                        calibration=sys.argv[8], head_ratio=None if sys.argv[9] == "-" else float(sys.argv[9]), samples=int(sys.argv[5]), seq_len=int(sys.argv[6]), progress=False)
 print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "peak_anon_gb": PEAK["RssAnon"], "peak_file_gb": PEAK["RssFile"], "captures": sum(b["captured"] for b in plan["blocks"]),
                   "exact_blocks": sum(b["exact"] for b in plan["blocks"]), "blocks": len(plan["blocks"]),
                   "config_changes": plan["config_changes"]}))
 """
 
-LOAD = r"""
+LOAD = SAMPLER + r"""
 import json, resource, sys, time
 import torch
 from transformers import AutoModelForCausalLM
@@ -50,7 +64,7 @@ with torch.no_grad():
     logits = model(input_ids=torch.arange(16)[None]).logits
 print(json.dumps({"load_and_forward_seconds": time.perf_counter() - start, "params": sum(p.numel() for p in model.parameters()),
                   "finite": bool(torch.isfinite(logits).all()), "logits": list(logits.shape),
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak_anon_gb": PEAK["RssAnon"]}))
 """
 
 
@@ -91,25 +105,32 @@ def main() -> None:
     p.add_argument("--shape", default="llama-7b", choices=sorted(SHAPES))
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--ratio", type=float, default=0.2)
+    p.add_argument("--head-ratio", type=float, default=None)
     p.add_argument("--criterion", default="wanda")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep", help="write the checkpoints here and keep them (default: a temp folder, deleted)")
+    p.add_argument("--source", help="an existing checkpoint folder to prune instead of writing one")
     args = p.parse_args()
     root = args.keep or tempfile.mkdtemp(prefix="surgery-7b-")
-    src, out = os.path.join(root, "src"), os.path.join(root, "pruned")
+    src, out = args.source or os.path.join(root, "src"), os.path.join(root, "pruned")
     os.makedirs(src, exist_ok=True)
     try:
         start = time.perf_counter()
-        size = write_checkpoint(src, args.shape, args.layers)
-        print(f"wrote {size / 1e9:.1f} GB ({args.shape}, {args.layers} blocks, bf16) in {time.perf_counter() - start:.0f} s")
+        if args.source:
+            size = json.load(open(os.path.join(src, "model.safetensors.index.json")))["metadata"]["total_size"]
+        else:
+            size = write_checkpoint(src, args.shape, args.layers)
+            print(f"wrote {size / 1e9:.1f} GB ({args.shape}, {args.layers} blocks, bf16) in "
+                  f"{time.perf_counter() - start:.0f} s")
         import torch
         ids = os.path.join(root, "ids.pt")
         torch.save(torch.randint(0, SHAPES[args.shape]["vocab_size"], (200_000,),
                                  generator=torch.Generator().manual_seed(1)), ids)
         pruned = json.loads(subprocess.run([sys.executable, "-c", PRUNE, src, out, str(args.ratio), args.criterion,
-                                            str(args.samples), str(args.seq_len), str(args.threads), ids],
+                                            str(args.samples), str(args.seq_len), str(args.threads), ids,
+                                            "-" if args.head_ratio is None else str(args.head_ratio)],
                                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         print(json.dumps(pruned))
         loaded = json.loads(subprocess.run([sys.executable, "-c", LOAD, out], check=True, capture_output=True,
@@ -117,7 +138,8 @@ def main() -> None:
         print(json.dumps(loaded))
         out_size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))
         print(f"| {args.shape} ({args.layers} blocks), {size / 1e9:.1f} GB bf16 | {args.criterion} {args.ratio:.0%}, "
-              f"{args.samples}x{args.seq_len} tokens | {pruned['seconds']:.0f} s | {pruned['peak_rss_gb']:.1f} GB | "
+              f"{args.samples}x{args.seq_len} tokens | {pruned['seconds']:.0f} s | {pruned['peak_rss_gb']:.1f} GB "
+              f"({pruned['peak_anon_gb']:.1f} GB anonymous) | "
               f"{pruned['exact_blocks']}/{pruned['blocks']} | {out_size / 1e9:.1f} GB | "
               f"{loaded['params'] / 1e9:.2f} B, finite {loaded['finite']} |")
     finally:

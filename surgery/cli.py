@@ -372,6 +372,8 @@ def _prune_checkpoint(args) -> int:
         exact = sum(b["exact"] for b in plan["blocks"])
         print(f"{args.model}: {len(plan['blocks'])} blocks pruned ({plan['options']['criterion']}), {exact} verified "
               f"exact against their masked originals; config: {changes}; {plan['seconds']} s")
+        if plan["head_ratio_note"]:
+            print(f"heads: {plan['head_ratio_note']}")
         print(f"written to {args.output} (AutoModelForCausalLM.from_pretrained loads it; the plan is in "
               f"surgery_plan.json)")
     return 0

@@ -89,17 +89,34 @@ def calibrate(criterion: _criteria.Criterion, model: nn.Module, data: Any, repai
                             f"with recalibrate=True or reconstruct='least_squares')")
 
 
+def _own_graph(graph: ChannelGraph, model: nn.Module) -> ChannelGraph:
+    """``graph`` if its traced module reads ``model``'s own layers, else a named refusal."""
+    for node in graph.gm.graph.nodes:
+        if node.op == "call_module":
+            try:
+                mine = model.get_submodule(node.target)
+            except AttributeError:
+                mine = None
+            if mine is not graph.gm.get_submodule(node.target):
+                raise ArgumentError(f"graph= was traced on another model (its layer {node.target!r} is not this "
+                                    f"model's); trace this one, or check surgery.groups.rebind.structure and "
+                                    f"rebind(graph, model, example_inputs)")
+    return graph
+
+
 class Pruner:
     """Plan and apply structured pruning under a budget, in one or several steps.
 
     ``plan()`` is a dry run; ``step()`` applies the next step; ``steps()`` yields the model
     after each step (fine-tune it inside the loop); ``run(on_step)`` does them all. The
-    given model is untouched unless ``inplace=True``.
+    given model is untouched unless ``inplace=True``. ``graph``: a channel graph of this very
+    model (``surgery.trace``, or ``surgery.groups.rebind.rebind`` of one traced on a model of
+    the same structure) that the first step uses instead of tracing again.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
                  data: Any = None, max_batches: int | None = None, forward_fn: Callable | None = None,
-                 loss_fn: Callable | None = None, **options):
+                 loss_fn: Callable | None = None, graph: ChannelGraph | None = None, **options):
         if not isinstance(model, nn.Module):
             raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         PruneConfig.check_names(options)
@@ -117,6 +134,7 @@ class Pruner:
         self.verification: Verification | None = None  # what the last step's check covered
         self.last_step: tuple | None = None  # (channel graph, removed units) of the last step
         self._cost0: float | None = None
+        self._given_graph = _own_graph(graph, model) if graph is not None else None  # for the first step
 
     @property
     def done(self) -> bool:
@@ -182,6 +200,8 @@ class Pruner:
         return self.model
 
     def _trace(self) -> ChannelGraph:
+        if self._given_graph is not None and self.step_index == 0:
+            return self._given_graph
         with warnings.catch_warnings():
             if self.step_index:  # the first trace already said what it had to say
                 warnings.simplefilter("ignore")

@@ -25,11 +25,17 @@ __all__ = ["calibration_ids", "TENSOR_SUFFIXES"]
 TENSOR_SUFFIXES = (".pt", ".pth", ".bin")
 
 
-def calibration_ids(path: str | os.PathLike | None, folder: str | os.PathLike | None, *, samples: int,
-                    seq_len: int, seed: int = 0, vocab_size: int | None = None) -> torch.Tensor:
+def calibration_ids(path: str | os.PathLike | torch.Tensor | None, folder: str | os.PathLike | None, *,
+                    samples: int, seq_len: int, seed: int = 0, vocab_size: int | None = None) -> torch.Tensor:
     """``[samples, seq_len]`` token ids. ``path``: a text file (tokenised with the tokenizer in
     ``folder``) or a tensor file of ids (1-D stream or 2-D rows); ``None``: uniform random ids
-    below ``vocab_size`` (enough for weight criteria and for verification, not for scoring)."""
+    below ``vocab_size`` (enough for weight criteria and for verification, not for scoring).
+    A 2-D integer tensor is taken as the windows themselves."""
+    if isinstance(path, torch.Tensor):
+        if path.dim() != 2 or path.is_floating_point() or not path.numel():
+            raise ArgumentError(f"calibration as a tensor must be [samples, seq_len] integer token ids, got "
+                                f"{path.dtype} {tuple(path.shape)}")
+        return path.long()
     if samples < 1 or seq_len < 1:
         raise ArgumentError(f"samples and seq_len must be positive, got samples={samples}, seq_len={seq_len}")
     g = torch.Generator().manual_seed(seed)

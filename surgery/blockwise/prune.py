@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import shutil
@@ -35,6 +36,8 @@ from surgery.blockwise.shards import INDEX, SINGLE, Checkpoint, ShardWriter
 from surgery.blockwise.skeleton import block_inputs, materialize, release, skeleton
 from surgery.core.config import check_skip_blocks
 from surgery.core.errors import ArgumentError, check_ratio
+from surgery.core.frames import user_stacklevel
+from surgery.groups.rebind import rebind, structure
 from surgery.pruner import Pruner
 from surgery.repair.reconstruct import KEEPS
 from surgery.rewrite.model_config import apply_changes, config_changes
@@ -48,7 +51,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msg
 
 def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, ratio: float,
                      head_ratio: float | None = None, criterion: str = "wanda",
-                     calibration: str | os.PathLike | None = None, samples: int = 32, seq_len: int = 256,
+                     calibration: str | os.PathLike | torch.Tensor | None = None, samples: int = 32, seq_len: int = 256,
                      batch_size: int = 4, skip_blocks: tuple = (0, 0), feed: str = "pruned",
                      bias_compensation: bool | None = None, verify: bool = True, seed: int = 0,
                      progress: bool = True) -> dict:
@@ -59,8 +62,10 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
         head_ratio: fraction of attention heads removed (whole heads; default ``ratio``).
         criterion: ``"wanda"`` (Wanda-SP), ``"flap"``, ``"activation_norm"`` (Minitron),
             ``"l1"``/``"l2"`` (magnitude) or ``"random"``; any registered criterion works.
-        calibration: a text file (tokenised with the checkpoint's tokenizer) or a tensor file
-            of token ids; data criteria need it, weight criteria use random ids to verify.
+        calibration: a text file (tokenised with the checkpoint's tokenizer), a tensor file
+            of token ids, or a ``[samples, seq_len]`` tensor of ids (then ``samples``/``seq_len``
+            are its shape, and under torchrun each rank passes its own); data criteria need
+            it, weight criteria use random ids to verify.
         samples, seq_len: calibration windows; ``batch_size`` of them run at once.
         skip_blocks: ``(first, last)`` blocks kept whole. Their counts then differ from the
             pruned blocks', which ``config.json`` cannot say: refused (see README).
@@ -89,6 +94,8 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
                             f"file or a tensor file of token ids> (--calibration FILE)")
     compensate_bias = (criterion == "flap") if bias_compensation is None else bias_compensation
     config = AutoConfig.from_pretrained(source)
+    head_ratio, head_note = loadable_head_ratio(config, ratio if head_ratio is None else head_ratio,
+                                                explicit=head_ratio is not None)
     model, blocks_name, blocks = skeleton(copy.deepcopy(config))
     rank, world = _rank()
     ids = calibration_ids(calibration, source, samples=samples, seq_len=seq_len, seed=seed + rank,
@@ -106,6 +113,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
             writer.write({k: ckpt.get(k) for k in outer})
         job = _Job(ckpt, config, crit, dict(ratio=ratio, head_ratio=head_ratio, verify=verify, criterion=criterion),
                    compensate_bias, batch_size, blocks_name)
+        job.head_note, job.index_attrs = head_note, index_attributes(blocks)
         records = []
         for i, block in enumerate(tqdm(blocks, desc="pruning blocks", unit="block", disable=not progress or rank)):
             record, hidden = job.block(i, block, calls[i], hidden, feed)
@@ -113,7 +121,9 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
             if rank == 0:
                 writer.write(job.tensors(i, block))
             release(block)
-        plan = _plan(job, records, source, calibration, ids, samples, seq_len, seed, feed, world,
+            ckpt.close()
+            gc.collect()  # the pruner's graph and copies form cycles; free them before the next block
+        plan = _plan(job, records, source, calibration, ids, seed, feed, world,
                      time.perf_counter() - started)
         if rank == 0:
             job.new_config.save_pretrained(out)
@@ -140,6 +150,10 @@ class _Job:
         self.shapes: dict | None = None
         self.zero_biases: set = set()
         self.dtype = ckpt.float_dtype()
+        self.head_note = ""
+        self.graphs: dict = {}  # {block structure: channel graph captured on the first such block}
+        self.reused: set = set()
+        self.index_attrs: set = set()
 
     def prefix(self, i: int) -> str:
         return f"{self.blocks_name}.{i}."
@@ -153,17 +167,22 @@ class _Job:
         widths = {n: tuple(m.weight.shape) for n, m in block.named_modules() if isinstance(m, nn.Linear)}
         sums = input_sums(block, batches, lambda m, b: m(**b)) if self.compensate_bias else {}
         originals = _outputs(block, batches) if feed == "original" else None
-        pruner = Pruner(block, batches[0], inplace=True, attention="heads",
+        key = structure(block, self.index_attrs)
+        graph = rebind(self.graphs[key], block, batches[0]) if key in self.graphs else None
+        pruner = Pruner(block, batches[0], inplace=True, attention="heads", graph=graph,
                         data=batches if self.crit.needs_data else None, **self.options)
         with warnings.catch_warnings():  # the first block's warnings would repeat for every block
             warnings.simplefilter("ignore")
             pruner.step()
         graph, removed = pruner.last_step
+        self.graphs.setdefault(key, graph)
         keeps = getattr(block, KEEPS)
         compensated = compensate(block, keeps, self._weights(i, keeps), sums) if self.compensate_bias else []
         self._follow(i, block, graph, removed, compensated)
-        record = {"block": i, "verification": str(pruner.verification), "exact": bool(pruner.verification.exact),
+        record = {"block": i, "captured": key not in self.reused, "verification": str(pruner.verification),
+                  "exact": bool(pruner.verification.exact),
                   "removed": _removed(keeps, widths), "bias_compensated": compensated}
+        self.reused.add(key)
         nxt = originals if originals is not None else _outputs(block, batches)
         return record, torch.cat(nxt)
 
@@ -181,6 +200,7 @@ class _Job:
         if self.changes is None:
             self.changes = changes
             apply_changes(self.new_config, changes)
+            _check_loadable(self.new_config, changes)
             if compensated:
                 self.new_config, self.zero_biases = bias_switches(
                     self.new_config, lambda c: skeleton(c)[2][i], set(compensated))
@@ -209,6 +229,78 @@ class _Job:
             dtype = self.ckpt.dtype_of(key) if key in self.ckpt else self.dtype
             out[key] = t.detach().to(dtype) if t.is_floating_point() else t.detach()
         return out
+
+
+def index_attributes(blocks: list) -> set:
+    """Names of the int attributes that number the blocks (``layer_idx``: block ``i`` holds
+    ``i`` wherever it has one); the structure check ignores them."""
+    seen: dict = {}
+    for i, block in enumerate(blocks):
+        for module in block.modules():
+            for k, v in vars(module).items():
+                if type(v) is int and not k.startswith("_"):
+                    seen.setdefault(k, set()).add(v == i)
+    return {k for k, same in seen.items() if same == {True}} if len(blocks) > 1 else set()
+
+
+def loadable_head_ratio(config: Any, head_ratio: float, explicit: bool) -> tuple[float, str]:
+    """``(head ratio, note)``: the requested fraction of heads, or, when the config class would
+    refuse the head count it leaves (transformers 5 checks ``hidden_size % num_attention_heads``
+    for LLaMA), the largest smaller fraction it accepts, with a note saying so. An explicit
+    ``head_ratio`` the config refuses raises instead."""
+    heads = getattr(config, "num_attention_heads", None)
+    if type(heads) is not int or not hasattr(config, "validate"):
+        return head_ratio, ""
+    wanted = int(head_ratio * heads)
+    for removed in range(wanted, -1, -1):
+        if _valid(_with_heads(config, heads - removed)):
+            break
+    if removed == wanted:
+        return head_ratio, ""
+    why = _why(_with_heads(config, heads - wanted))
+    if explicit:
+        more = next((r for r in range(wanted + 1, heads) if _valid(_with_heads(config, heads - r))), None)
+        near = [f"{r / heads:.4g} ({heads - r} heads)" for r in (removed, more) if r is not None]
+        raise ArgumentError(f"head_ratio={head_ratio} leaves {heads - wanted} of {heads} heads, which "
+                            f"{type(config).__name__} refuses ({why}), so from_pretrained could not load the result; "
+                            f"the nearest head ratios it accepts: {', '.join(near)}")
+    note = f"{type(config).__name__} refuses {heads - wanted} heads ({why}); removed {removed} of {heads} heads"
+    warnings.warn(f"{note} (give head_ratio to choose)", stacklevel=user_stacklevel())
+    return (removed + 0.5) / heads, note
+
+
+def _with_heads(config: Any, kept: int) -> Any:
+    trial = copy.deepcopy(config)
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None)
+    trial.num_attention_heads = kept
+    if type(kv) is int and kv != heads and kept * kv % heads == 0:
+        trial.num_key_value_heads = kept * kv // heads
+    elif type(kv) is int and kv == heads:
+        trial.num_key_value_heads = kept
+    if getattr(trial, "head_dim", None) is None:
+        trial.head_dim = config.hidden_size // heads
+    return trial
+
+
+def _valid(config: Any) -> bool:
+    return not _why(config)
+
+
+def _why(config: Any) -> str:
+    try:
+        config.validate()
+    except Exception as err:  # noqa: BLE001  (the config class's own validators raise various types)
+        return str(getattr(err, "__cause__", None) or err).strip().splitlines()[-1]
+    return ""
+
+
+def _check_loadable(config: Any, changes: list) -> None:
+    why = _why(config) if hasattr(config, "validate") else ""
+    if why:
+        raise ArgumentError(f"the pruned config ({', '.join(f'{k} {a} -> {b}' for k, a, b in changes)}) is refused by "
+                            f"{type(config).__name__}: {why}; from_pretrained could not load it. Choose another "
+                            f"ratio/head_ratio")
 
 
 def _own_config(block: nn.Module) -> None:
@@ -249,13 +341,15 @@ def _removed(keeps: dict, widths: dict) -> dict:
     return out
 
 
-def _plan(job: _Job, records: list, source: Path, calibration, ids: torch.Tensor, samples: int, seq_len: int,
-          seed: int, feed: str, world: int, seconds: float) -> dict:
+def _plan(job: _Job, records: list, source: Path, calibration, ids: torch.Tensor, seed: int, feed: str,
+          world: int, seconds: float) -> dict:
     return {"format": "torch-surgery-blockwise", "version": 1, "source": str(source),
             "options": {**job.options, "feed": feed, "bias_compensation": job.compensate_bias},
-            "calibration": {"file": None if calibration is None else str(calibration), "samples": samples,
-                            "seq_len": seq_len, "seed": seed, "ranks": world, "tokens_per_rank": int(ids.numel())},
-            "config_changes": [list(c) for c in job.changes or []],
+            "calibration": {"file": "tensor" if isinstance(calibration, torch.Tensor) else
+                            None if calibration is None else str(calibration), "samples": int(ids.shape[0]),
+                            "seq_len": int(ids.shape[1]), "seed": seed, "ranks": world,
+                            "tokens_per_rank": int(ids.numel())},
+            "config_changes": [list(c) for c in job.changes or []], "head_ratio_note": job.head_note,
             "bias_switches": sorted(k for k, v in job.new_config.to_dict().items()
                                     if k.endswith("bias") and v is True and getattr(job.config, k, None) is False),
             "seconds": round(seconds, 1), "blocks": records}

@@ -55,6 +55,10 @@ class Checkpoint:
             self._open[name] = safe_open(self.folder / name, framework="pt")
         return self._open[name]
 
+    def close(self) -> None:
+        """Drop the memory maps: pages read so far stop counting in this process's memory."""
+        self._open.clear()
+
     def keys(self) -> list:
         return list(self.files)
 

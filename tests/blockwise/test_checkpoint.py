@@ -36,6 +36,7 @@ def test_pruned_folder_loads_and_equals_the_masked_original(tmp_path, family):
     assert small.config.intermediate_size == original.config.intermediate_size // 2
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in original.parameters())
     assert all(b["exact"] for b in plan["blocks"]) and len(plan["blocks"]) == 3
+    assert [b["captured"] for b in plan["blocks"]] == [True, False, False]  # one capture, reused (and verified)
     reference = ck.masked_original(src, out / PLAN_FILE)
     x = _ids()
     with torch.no_grad():
@@ -47,7 +48,11 @@ def test_dtype_kept_side_files_copied_single_file_source(tmp_path):
     src = ck.write(str(tmp_path / "src"), "llama", dtype=torch.bfloat16, shard=None, tokenizer=True)
     assert os.path.exists(os.path.join(src, "model.safetensors"))
     out = tmp_path / "out"
-    prune_checkpoint(src, out, ratio=0.25, criterion="l2", progress=False)  # a weight criterion needs no data
+    with pytest.warns(UserWarning, match="LlamaConfig refuses 3 heads"):  # transformers 5 checks 64 % heads
+        plan = prune_checkpoint(src, out, ratio=0.25, criterion="l2", progress=False)  # weights only: no data
+    assert "removed 0 of 4 heads" in plan["head_ratio_note"]
+    with pytest.raises(ArgumentError, match=r"nearest head ratios it accepts: 0 \(4 heads\), 0.5 \(2 heads\)"):
+        prune_checkpoint(src, tmp_path / "other", ratio=0.25, head_ratio=0.25, criterion="l2", progress=False)
     from safetensors import safe_open
     index = json.loads((out / "model.safetensors.index.json").read_text())
     dtypes = set()
@@ -173,3 +178,63 @@ def test_calibration_from_text_uses_the_checkpoint_tokenizer(tmp_path):
     plan = prune_checkpoint(src, tmp_path / "out", ratio=0.5, criterion="wanda", calibration=text, samples=4,
                             seq_len=10, progress=False)
     assert plan["calibration"]["tokens_per_rank"] == 40
+
+
+def _rank_prune(rank, world, rendezvous, src, out, rows):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        plan = prune_checkpoint(src, out, ratio=0.5, criterion="wanda", calibration=rows[rank::world], progress=False)
+        torch.save(json.dumps(plan["blocks"]), f"{out}.rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_sum_statistics_and_match_one_process_on_all_samples(tmp_path):
+    import torch.multiprocessing as mp
+    src = ck.write(str(tmp_path / "src"), "llama")
+    rows = torch.randint(1, TOKENS, (8, 8), generator=torch.Generator().manual_seed(3))
+    out = str(tmp_path / "two")
+    mp.spawn(_rank_prune, args=(2, str(tmp_path / "rendezvous"), src, out, rows), nprocs=2, join=True)
+    single = prune_checkpoint(src, tmp_path / "one", ratio=0.5, criterion="wanda", calibration=rows, progress=False)
+    removed = [[b["removed"] for b in json.loads(torch.load(f"{out}.rank{r}"))] for r in range(2)]
+    assert removed[0] == removed[1] == [b["removed"] for b in single["blocks"]]
+    assert json.loads((tmp_path / "two" / PLAN_FILE).read_text())["calibration"]["ranks"] == 2
+    with torch.no_grad():  # rank 0 wrote a complete checkpoint
+        torch.testing.assert_close(ck.load(tmp_path / "two")(input_ids=_ids()).logits,
+                                   ck.load(tmp_path / "one")(input_ids=_ids()).logits)
+
+
+def test_command_line_prunes_a_folder(tmp_path, capsys):
+    from surgery.cli import main
+    src = ck.write(str(tmp_path / "src"), "llama")
+    ids = ck.ids_file(str(tmp_path))
+    code = main(["prune", src, "--output", str(tmp_path / "out"), "--ratio", "0.5", "--calibration", ids,
+                 "--samples", "4", "--seq-len", "8", "--criterion", "flap"])
+    out = capsys.readouterr().out
+    assert code == 0 and "3 blocks pruned (flap), 3 verified exact" in out and "intermediate_size 96 -> 48" in out
+    plan = json.loads((tmp_path / "out" / PLAN_FILE).read_text())
+    assert plan["options"]["bias_compensation"] is True and plan["calibration"]["samples"] == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ratio", "0.5"], "add --output OUT_DIR"),
+    (["--output", "OUT"], "add --ratio R"),
+    (["--output", "OUT", "--ratio", "0.5", "--target-flops", "0.5"], "--target-flops"),
+    (["--output", "OUT", "--ratio", "0.5"], "needs calibration|scores channels from activations"),
+])
+def test_command_line_refusals_are_one_line(tmp_path, capsys, argv, message):
+    from surgery.cli import main
+    src = ck.write(str(tmp_path / "src"), "llama")
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    capsys.readouterr()  # what writing the checkpoint printed
+    code = main(["prune", src, *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert any(m in err for m in message.split("|"))
+
+
+def test_checkpoint_flags_on_a_model_name_are_refused(capsys):
+    from surgery.cli import main
+    assert main(["prune", "resnet20", "--ratio", "0.5", "--samples", "4"]) == 2
+    assert "--samples only apply when MODEL is a checkpoint folder" in capsys.readouterr().err
