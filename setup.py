@@ -23,7 +23,7 @@ setup(
         "pyyaml",
         "omegaconf",
     ],
-    extras_require={"report": ["matplotlib"], "hf": ["transformers"],
-                    "test": ["pytest", "hypothesis", "timm", "matplotlib", "transformers", "pypdfium2"]},
+    extras_require={"report": ["matplotlib"], "hf": ["transformers"], "lora": ["transformers", "peft"],
+                    "test": ["pytest", "hypothesis", "timm", "matplotlib", "transformers", "pypdfium2", "peft"]},
     entry_points={"console_scripts": ["surgery=surgery.cli:main"]},
 )

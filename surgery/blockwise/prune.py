@@ -127,7 +127,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
                      time.perf_counter() - started)
         if rank == 0:
             job.new_config.save_pretrained(out)
-            _copy_side_files(source, out)
+            copy_side_files(source, out)
             (out / PLAN_FILE).write_text(json.dumps(plan, indent=1))
             writer.finish()  # last: the checkpoint is complete only once its index exists
     except BaseException:
@@ -382,7 +382,7 @@ def _clear(out: Path, created: bool) -> None:
                 path.unlink()
 
 
-def _copy_side_files(source: Path, out: Path) -> None:
+def copy_side_files(source: Path, out: Path) -> None:
     """Tokenizer, generation config and other small files; never weights, the index or config.json."""
     for path in source.iterdir():
         if path.is_file() and path.name not in ("config.json", INDEX, SINGLE, PLAN_FILE) \

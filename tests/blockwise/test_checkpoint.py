@@ -238,3 +238,18 @@ def test_checkpoint_flags_on_a_model_name_are_refused(capsys):
     from surgery.cli import main
     assert main(["prune", "resnet20", "--ratio", "0.5", "--samples", "4"]) == 2
     assert "--samples only apply when MODEL is a checkpoint folder" in capsys.readouterr().err
+
+
+def test_lora_recovery_writes_a_merged_standard_checkpoint(tmp_path):
+    pytest.importorskip("peft")
+    from surgery.blockwise.recover import lora_recover, perplexity
+    src = ck.write(str(tmp_path / "src"), "llama", tokenizer=True)
+    prune_checkpoint(src, tmp_path / "small", ratio=0.5, criterion="l1", progress=False)
+    rows = torch.randint(1, TOKENS, (16, 12), generator=torch.Generator().manual_seed(0))
+    before = perplexity(ck.load(tmp_path / "small"), rows)
+    losses = lora_recover(tmp_path / "small", tmp_path / "lora", rows, steps=30, batch_size=8, lr=5e-3,
+                          progress=False)
+    tuned = ck.load(tmp_path / "lora")
+    assert not any("lora" in k for k in tuned.state_dict())  # merged: plain weights
+    assert tuned.config.intermediate_size == 48 and "tokenizer.json" in os.listdir(tmp_path / "lora")
+    assert perplexity(tuned, rows) < before and losses[-1] < losses[0]
