@@ -160,7 +160,7 @@ CHECKPOINT_OPTIONS = ("ratio", "head_ratio", "criterion", "skip_blocks", "verify
 
 
 CHECKPOINT_DEFAULTS = {"calibration": None, "samples": 32, "seq_len": 256, "batch_size": 4, "feed": "pruned",
-                       "bias_compensation": None}
+                       "bias_compensation": None, "overwrite": False}
 
 
 def _checkpoint_flags(g) -> None:
@@ -175,6 +175,7 @@ def _checkpoint_flags(g) -> None:
                    help="the next block sees the pruned block's output (default) or the original's", **kw)
     g.add_argument("--bias-compensation", action=argparse.BooleanOptionalAction,
                    help="FLAP's bias compensation (default: on for --criterion flap only)", **kw)
+    g.add_argument("--overwrite", action="store_true", help="replace what --output already holds", **kw)
 
 
 def _layering(s: argparse.ArgumentParser) -> None:

@@ -54,7 +54,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
                      calibration: str | os.PathLike | torch.Tensor | None = None, samples: int = 32, seq_len: int = 256,
                      batch_size: int = 4, skip_blocks: tuple = (0, 0), feed: str = "pruned",
                      bias_compensation: bool | None = None, verify: bool = True, seed: int = 0,
-                     progress: bool = True) -> dict:
+                     overwrite: bool = False, progress: bool = True) -> dict:
     """Prune the checkpoint folder ``checkpoint`` into ``output``; returns the plan written there.
 
     Args:
@@ -73,8 +73,9 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
         bias_compensation: FLAP's bias compensation (default: on for ``"flap"`` only).
         verify: check every pruned block against its masked original (default on).
         seed: seeds the calibration windows (rank ``r`` of a torchrun job uses ``seed + r``).
+        overwrite: replace a checkpoint already in ``output`` (by default a folder that is not
+            empty is refused).
     """
-    from transformers import AutoConfig
     check_ratio(ratio, "ratio")
     if head_ratio is not None:
         check_ratio(head_ratio, "head_ratio")
@@ -87,13 +88,13 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
                             "surgery.prune(..., skip_blocks=...) with surgery.save instead")
     source, out = Path(checkpoint), Path(output)
     ckpt = Checkpoint(source)
-    _check_output(source, out)
+    _check_output(source, out, overwrite)
     crit = _criteria.get(criterion)
     if crit.needs_data and calibration is None:
         raise ArgumentError(f"criterion {criterion!r} scores channels from activations: give calibration=<a text "
                             f"file or a tensor file of token ids> (--calibration FILE)")
     compensate_bias = (criterion == "flap") if bias_compensation is None else bias_compensation
-    config = AutoConfig.from_pretrained(source)
+    config = _config(source)
     head_ratio, head_note = loadable_head_ratio(config, ratio if head_ratio is None else head_ratio,
                                                 explicit=head_ratio is not None)
     model, blocks_name, blocks = skeleton(copy.deepcopy(config))
@@ -101,16 +102,21 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
     ids = calibration_ids(calibration, source, samples=samples, seq_len=seq_len, seed=seed + rank,
                           vocab_size=getattr(config, "vocab_size", None))
     started = time.perf_counter()
-    outer = materialize(model, "", ckpt, skip=(blocks_name,))
-    _check_keys(ckpt, outer, blocks_name, len(blocks))
+    inside = tuple(f"{blocks_name}.{i}." for i in range(len(blocks)))
+    outer = [k for k in ckpt.keys() if not k.startswith(inside)]
+    head = _output_head(model)  # not needed to compute the blocks' inputs: stays on meta
+    loaded = materialize(model, "", ckpt, skip=(blocks_name,) + ((head,) if head else ()))
+    _check_keys(outer, loaded, head)
     hidden, calls = block_inputs(model, blocks, ids)
     release(model)
+    ckpt.close()
     writer = ShardWriter(out, len(blocks) + 1)
     created = rank == 0 and not out.exists()
     try:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             writer.write({k: ckpt.get(k) for k in outer})
+            ckpt.close()
         job = _Job(ckpt, config, crit, dict(ratio=ratio, head_ratio=head_ratio, verify=verify, criterion=criterion),
                    compensate_bias, batch_size, blocks_name)
         job.head_note, job.index_attrs = head_note, index_attributes(blocks)
@@ -118,11 +124,13 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
         for i, block in enumerate(tqdm(blocks, desc="pruning blocks", unit="block", disable=not progress or rank)):
             record, hidden = job.block(i, block, calls[i], hidden, feed)
             records.append(record)
-            if rank == 0:
-                writer.write(job.tensors(i, block))
+            tensors = job.tensors(i, block) if rank == 0 else {}
             release(block)
-            ckpt.close()
-            gc.collect()  # the pruner's graph and copies form cycles; free them before the next block
+            job.release_graphs()
+            gc.collect()  # the pruner's graph and copies form cycles; free them before writing
+            if rank == 0:
+                writer.write(tensors)
+            del tensors
         plan = _plan(job, records, source, calibration, ids, seed, feed, world,
                      time.perf_counter() - started)
         if rank == 0:
@@ -162,6 +170,7 @@ class _Job:
         """Load, score, prune, verify, compensate block ``i``; returns its record and the next hidden states."""
         _own_config(block)
         materialize(block, self.prefix(i), self.ckpt)
+        self.ckpt.close()  # the block is copied out: its mapped pages need not stay resident
         rows = [slice(s, s + self.batch_size) for s in range(0, hidden.shape[0], self.batch_size)]
         batches = [call.inputs(hidden[r], r) for r in rows]
         widths = {n: tuple(m.weight.shape) for n, m in block.named_modules() if isinstance(m, nn.Linear)}
@@ -180,16 +189,24 @@ class _Job:
         compensated = compensate(block, keeps, self._weights(i, keeps), sums) if self.compensate_bias else []
         self._follow(i, block, graph, removed, compensated)
         record = {"block": i, "captured": key not in self.reused, "verification": str(pruner.verification),
-                  "exact": bool(pruner.verification.exact),
+                  "exact": bool(pruner.verification.exact), "max_error": pruner.verification.max_error,
                   "removed": _removed(keeps, widths), "bias_compensated": compensated}
         self.reused.add(key)
         nxt = originals if originals is not None else _outputs(block, batches)
         return record, torch.cat(nxt)
 
+    def release_graphs(self) -> None:
+        """The cached graphs' traced modules still hold the unpruned layers the rewrite
+        replaced: send them to meta (rebind reads the next block's own layers)."""
+        for graph in self.graphs.values():
+            release(graph.gm)
+
     def _weights(self, i: int, keeps: dict) -> dict:
         names = {name for name, role in keeps if role == "in"}
-        return {n: self.ckpt.get(self.prefix(i) + n + ".weight").float() for n in names
-                if self.prefix(i) + n + ".weight" in self.ckpt}
+        weights = {n: self.ckpt.get(self.prefix(i) + n + ".weight").float() for n in names
+                   if self.prefix(i) + n + ".weight" in self.ckpt}
+        self.ckpt.close()
+        return weights
 
     def _follow(self, i: int, block: nn.Module, graph, removed: np.ndarray, compensated: list) -> None:
         """The first pruned block sets the config changes and shapes; later ones must agree."""
@@ -355,18 +372,37 @@ def _plan(job: _Job, records: list, source: Path, calibration, ids: torch.Tensor
             "seconds": round(seconds, 1), "blocks": records}
 
 
-def _check_output(source: Path, out: Path) -> None:
+def _config(source: Path) -> Any:
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (ValueError, KeyError, OSError) as err:
+        raise ArgumentError(f"{str(source)!r}: transformers cannot read its config.json ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); an unknown architecture needs a "
+                            f"transformers version that has it") from None
+
+
+def _check_output(source: Path, out: Path, overwrite: bool) -> None:
     if out.resolve() == source.resolve():
         raise ArgumentError(f"output {str(out)!r} is the checkpoint folder itself; give a new folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ArgumentError(f"output {str(out)!r} exists and is not an empty folder; give a new one (nothing is "
-                            f"overwritten)")
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"output {str(out)!r} is a file; give a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ArgumentError(f"output {str(out)!r} is not empty; give a new folder, or overwrite=True "
+                                f"(--overwrite) to replace what is there")
+        _clear(out, created=False)
 
 
-def _check_keys(ckpt: Checkpoint, outer: list, blocks_name: str, count: int) -> None:
-    """Every checkpoint tensor belongs to a block or was loaded into the rest of the model."""
-    inside = tuple(f"{blocks_name}.{i}." for i in range(count))
-    stray = sorted(set(ckpt.keys()) - set(outer) - {k for k in ckpt.keys() if k.startswith(inside)})
+def _output_head(model: nn.Module) -> str:
+    """The qualified name of the output head (Hugging Face's ``get_output_embeddings``), or ""."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return next((n for n, m in model.named_modules() if m is head), "") if head is not None else ""
+
+
+def _check_keys(outer: list, loaded: list, head: str) -> None:
+    """Every checkpoint tensor outside the blocks was loaded into the model or is the head's."""
+    stray = sorted(k for k in set(outer) - set(loaded) if not (head and k.startswith(head + ".")))
     if stray:
         raise ArgumentError(f"the checkpoint holds tensors its config.json does not build ({', '.join(stray[:3])}"
                             f"{', ...' if len(stray) > 3 else ''}); they would be lost, so nothing was written")

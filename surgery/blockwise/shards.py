@@ -40,6 +40,10 @@ class Checkpoint:
                                 f"(what save_pretrained writes)")
         if (self.folder / INDEX).is_file():
             self.files = dict(json.loads((self.folder / INDEX).read_text())["weight_map"])
+            missing = sorted({f for f in self.files.values() if not (self.folder / f).is_file()})
+            if missing:
+                raise ArgumentError(f"{str(folder)!r} is incomplete: {INDEX} names shard(s) that are not there "
+                                    f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
         elif (self.folder / SINGLE).is_file():
             with safe_open(self.folder / SINGLE, framework="pt") as f:
                 self.files = {k: SINGLE for k in f.keys()}

@@ -56,7 +56,7 @@ class ActivationNorm(InputCriterion):
                 total += st["sumsq"] / n
             else:
                 var = (st["sumsq"] - st["sum"] ** 2 / n) / (n - 1).clamp_min(1.0)
-                total += var.clamp_min(0.0) * weights.double().pow(2).sum(1).cpu()
+                total += var.clamp_min(0.0) * torch.linalg.vector_norm(weights, 2, dim=1, dtype=torch.float64).cpu() ** 2
         return total
 
 

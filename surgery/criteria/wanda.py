@@ -26,5 +26,5 @@ class Wanda(InputCriterion):
     def score_group(self, view: GroupView) -> torch.Tensor:
         total = torch.zeros(view.size, dtype=torch.float64)
         for st, weights in self.consumer_stats(view):
-            total += st["sumsq"].sqrt() * weights.double().abs().sum(1).cpu()
+            total += st["sumsq"].sqrt() * torch.linalg.vector_norm(weights, 1, dim=1, dtype=torch.float64).cpu()
         return total

@@ -42,6 +42,9 @@ def test_pruned_folder_loads_and_equals_the_masked_original(tmp_path, family):
     with torch.no_grad():
         torch.testing.assert_close(small(input_ids=x).logits, reference(input_ids=x).logits, atol=1e-5, rtol=1e-4)
         assert not torch.allclose(small(input_ids=x).logits, original(input_ids=x).logits, atol=1e-3)
+    text = small.generate(x[:1, :4], max_new_tokens=5, do_sample=False)
+    assert text.shape == (1, 9)
+    assert max(b["max_error"] for b in plan["blocks"]) < 1e-5
 
 
 def test_dtype_kept_side_files_copied_single_file_source(tmp_path):
@@ -153,16 +156,37 @@ def test_refusals_name_the_fix(tmp_path, kwargs, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_that_is_not_a_checkpoint_is_named_and_nothing_is_written(tmp_path):
+    src = ck.write(str(tmp_path / "src"), "llama")  # sharded: drop one shard
+    shard = sorted(f for f in os.listdir(src) if f.endswith(".safetensors"))[1]
+    os.rename(os.path.join(src, shard), tmp_path / shard)
+    with pytest.raises(ArgumentError, match=f"incomplete.*{shard}"):
+        prune_checkpoint(src, tmp_path / "out", ratio=0.5, criterion="l1", progress=False)
+    odd = ck.write(str(tmp_path / "odd"), "llama")
+    config = json.loads(open(os.path.join(odd, "config.json")).read())
+    config["model_type"] = "no_such_family"
+    open(os.path.join(odd, "config.json"), "w").write(json.dumps(config))
+    with pytest.raises(ArgumentError, match="cannot read its config.json"):
+        prune_checkpoint(odd, tmp_path / "out", ratio=0.5, criterion="l1", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_must_be_new(tmp_path):
     src = ck.write(str(tmp_path / "src"), "llama")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
-    for out, message in ((src, "checkpoint folder itself"), (tmp_path / "busy", "not an empty folder")):
+    for out, message in ((src, "checkpoint folder itself"), (tmp_path / "busy", "is not empty")):
         with pytest.raises(ArgumentError, match=message):
             prune_checkpoint(src, out, ratio=0.5, criterion="l1", progress=False)
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     with pytest.raises(ArgumentError, match="no config.json"):
         prune_checkpoint(tmp_path / "busy", tmp_path / "x", ratio=0.5, criterion="l1", progress=False)
+    prune_checkpoint(src, tmp_path / "done", ratio=0.5, criterion="l1", progress=False)
+    with pytest.raises(ArgumentError, match="--overwrite"):
+        prune_checkpoint(src, tmp_path / "done", ratio=0.25, head_ratio=0.5, criterion="l1", progress=False)
+    prune_checkpoint(src, tmp_path / "done", ratio=0.25, head_ratio=0.5, criterion="l1", overwrite=True,
+                     progress=False)
+    assert ck.load(tmp_path / "done").config.intermediate_size == 72
 
 
 def test_calibration_from_text_uses_the_checkpoint_tokenizer(tmp_path):
@@ -222,11 +246,12 @@ def test_command_line_prunes_a_folder(tmp_path, capsys):
     (["--output", "OUT"], "add --ratio R"),
     (["--output", "OUT", "--ratio", "0.5", "--target-flops", "0.5"], "--target-flops"),
     (["--output", "OUT", "--ratio", "0.5"], "needs calibration|scores channels from activations"),
+    (["--output", "SRC", "--ratio", "0.5", "--criterion", "l1"], "checkpoint folder itself"),
 ])
 def test_command_line_refusals_are_one_line(tmp_path, capsys, argv, message):
     from surgery.cli import main
     src = ck.write(str(tmp_path / "src"), "llama")
-    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    argv = [a.replace("OUT", str(tmp_path / "out")).replace("SRC", src) for a in argv]
     capsys.readouterr()  # what writing the checkpoint printed
     code = main(["prune", src, *argv])
     err = capsys.readouterr().err
