@@ -160,7 +160,7 @@ CHECKPOINT_OPTIONS = ("ratio", "head_ratio", "criterion", "skip_blocks", "verify
 
 
 CHECKPOINT_DEFAULTS = {"calibration": None, "samples": 32, "seq_len": 256, "batch_size": 4, "feed": "pruned",
-                       "bias_compensation": None, "overwrite": False}
+                       "bias_compensation": None, "overwrite": False, "replay": None}
 
 
 def _checkpoint_flags(g) -> None:
@@ -176,6 +176,8 @@ def _checkpoint_flags(g) -> None:
     g.add_argument("--bias-compensation", action=argparse.BooleanOptionalAction,
                    help="FLAP's bias compensation (default: on for --criterion flap only)", **kw)
     g.add_argument("--overwrite", action="store_true", help="replace what --output already holds", **kw)
+    g.add_argument("--replay", metavar="PLAN", help="remove exactly what a surgery_plan.json removed (no scoring; "
+                   "every block verified again); takes no --ratio", **kw)
 
 
 def _layering(s: argparse.ArgumentParser) -> None:
@@ -361,13 +363,26 @@ def _prune_checkpoint(args) -> int:
                  ("--data", args.data), ("--weights", args.weights)) if v]
         raise CliError(f"{', '.join(flags)} do not apply to a checkpoint folder; it takes --ratio, --head-ratio, "
                        f"--criterion, --skip-blocks, --no-verify and --calibration/--samples/--seq-len/--feed")
+    flags = {k: getattr(args, k, default) for k, default in CHECKPOINT_DEFAULTS.items()}
+    if flags["replay"]:
+        if options:
+            raise CliError(f"--replay takes its options from the plan; drop {', '.join(sorted(options))}")
+        from surgery.blockwise.replay import replay_checkpoint
+        plan = replay_checkpoint(args.model, args.output, flags["replay"], calibration=flags["calibration"],
+                                 overwrite=flags["overwrite"])
+        return _said(args, plan)
     if "ratio" not in options:
         raise CliError("add --ratio R (the fraction of every block's MLP channels, and heads unless --head-ratio, "
                        "to remove)")
     from surgery.blockwise import prune_checkpoint
-    flags = {k: getattr(args, k, default) for k, default in CHECKPOINT_DEFAULTS.items()}
+    del flags["replay"]
     plan = prune_checkpoint(args.model, args.output, seed=args.seed, criterion=options.pop("criterion", "wanda"),
                             **flags, **options)
+    return _said(args, plan)
+
+
+def _said(args, plan: dict) -> int:
+    """Print what a checkpoint run did (rank 0 only under torchrun)."""
     if os.environ.get("RANK", "0") == "0":
         changes = ", ".join(f"{k} {a} -> {b}" for k, a, b in plan["config_changes"]) or "nothing"
         exact = sum(b["exact"] for b in plan["blocks"])

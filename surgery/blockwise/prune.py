@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import ctypes
 import gc
 import json
 import os
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from surgery import criteria as _criteria
 from surgery.blockwise.calibration import calibration_ids
+from surgery.blockwise.planned import Planned
 from surgery.blockwise.compensate import bias_switches, compensate, input_sums
 from surgery.blockwise.shards import INDEX, SINGLE, Checkpoint, ShardWriter
 from surgery.blockwise.skeleton import block_inputs, materialize, release, skeleton
@@ -54,7 +56,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
                      calibration: str | os.PathLike | torch.Tensor | None = None, samples: int = 32, seq_len: int = 256,
                      batch_size: int = 4, skip_blocks: tuple = (0, 0), feed: str = "pruned",
                      bias_compensation: bool | None = None, verify: bool = True, seed: int = 0,
-                     overwrite: bool = False, progress: bool = True) -> dict:
+                     overwrite: bool = False, progress: bool = True, planned: dict | None = None) -> dict:
     """Prune the checkpoint folder ``checkpoint`` into ``output``; returns the plan written there.
 
     Args:
@@ -75,6 +77,8 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
         seed: seeds the calibration windows (rank ``r`` of a torchrun job uses ``seed + r``).
         overwrite: replace a checkpoint already in ``output`` (by default a folder that is not
             empty is refused).
+        planned: ``{block: removed}`` from a plan, replayed instead of scored (use
+            :func:`surgery.blockwise.replay.replay_checkpoint`).
     """
     check_ratio(ratio, "ratio")
     if head_ratio is not None:
@@ -90,7 +94,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
     ckpt = Checkpoint(source)
     _check_output(source, out, overwrite)
     crit = _criteria.get(criterion)
-    if crit.needs_data and calibration is None:
+    if crit.needs_data and calibration is None and planned is None:
         raise ArgumentError(f"criterion {criterion!r} scores channels from activations: give calibration=<a text "
                             f"file or a tensor file of token ids> (--calibration FILE)")
     compensate_bias = (criterion == "flap") if bias_compensation is None else bias_compensation
@@ -119,7 +123,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
             ckpt.close()
         job = _Job(ckpt, config, crit, dict(ratio=ratio, head_ratio=head_ratio, verify=verify, criterion=criterion),
                    compensate_bias, batch_size, blocks_name)
-        job.head_note, job.index_attrs = head_note, index_attributes(blocks)
+        job.head_note, job.index_attrs, job.planned = head_note, index_attributes(blocks), planned
         records = []
         for i, block in enumerate(tqdm(blocks, desc="pruning blocks", unit="block", disable=not progress or rank)):
             record, hidden = job.block(i, block, calls[i], hidden, feed)
@@ -127,7 +131,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
             tensors = job.tensors(i, block) if rank == 0 else {}
             release(block)
             job.release_graphs()
-            gc.collect()  # the pruner's graph and copies form cycles; free them before writing
+            _free()  # the pruner's graph and copies form cycles; free them before writing
             if rank == 0:
                 writer.write(tensors)
             del tensors
@@ -162,6 +166,7 @@ class _Job:
         self.graphs: dict = {}  # {block structure: channel graph captured on the first such block}
         self.reused: set = set()
         self.index_attrs: set = set()
+        self.planned: dict | None = None  # {block: removed} when replaying a plan
 
     def prefix(self, i: int) -> str:
         return f"{self.blocks_name}.{i}."
@@ -179,7 +184,9 @@ class _Job:
         key = structure(block, self.index_attrs)
         graph = rebind(self.graphs[key], block, batches[0]) if key in self.graphs else None
         pruner = Pruner(block, batches[0], inplace=True, attention="heads", graph=graph,
-                        data=batches if self.crit.needs_data else None, **self.options)
+                        data=batches if self.crit.needs_data and self.planned is None else None, **self.options)
+        if self.planned is not None:
+            pruner.criterion = Planned(self.planned.get(i, {}))
         with warnings.catch_warnings():  # the first block's warnings would repeat for every block
             warnings.simplefilter("ignore")
             pruner.step()
@@ -188,6 +195,9 @@ class _Job:
         keeps = getattr(block, KEEPS)
         compensated = compensate(block, keeps, self._weights(i, keeps), sums) if self.compensate_bias else []
         self._follow(i, block, graph, removed, compensated)
+        if self.planned is not None and _removed(keeps, widths) != self.planned.get(i, {}):
+            raise ArgumentError(f"block {i} does not replay: the plan's channels are not what its ratios select on "
+                                f"this checkpoint (another checkpoint, or an edited plan)")
         record = {"block": i, "captured": key not in self.reused, "verification": str(pruner.verification),
                   "exact": bool(pruner.verification.exact), "max_error": pruner.verification.max_error,
                   "removed": _removed(keeps, widths), "bias_compensated": compensated}
@@ -331,6 +341,16 @@ def _own_config(block: nn.Module) -> None:
             module.config = copies.setdefault(id(shared), copy.deepcopy(shared))
 
 
+def _free() -> None:
+    """Collect cycles, then hand freed heap memory back to the system (glibc's malloc keeps it
+    otherwise, and the next block's peak would build on it)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def _outputs(block: nn.Module, batches: list) -> list:
     with torch.no_grad():
         return [_hidden(block(**b)) for b in batches]
@@ -361,7 +381,8 @@ def _removed(keeps: dict, widths: dict) -> dict:
 def _plan(job: _Job, records: list, source: Path, calibration, ids: torch.Tensor, seed: int, feed: str,
           world: int, seconds: float) -> dict:
     return {"format": "torch-surgery-blockwise", "version": 1, "source": str(source),
-            "options": {**job.options, "feed": feed, "bias_compensation": job.compensate_bias},
+            "options": {**job.options, "feed": feed, "bias_compensation": job.compensate_bias,
+                        **({"criterion": "replay"} if job.planned is not None else {})},
             "calibration": {"file": "tensor" if isinstance(calibration, torch.Tensor) else
                             None if calibration is None else str(calibration), "samples": int(ids.shape[0]),
                             "seq_len": int(ids.shape[1]), "seed": seed, "ranks": world,

@@ -278,3 +278,30 @@ def test_lora_recovery_writes_a_merged_standard_checkpoint(tmp_path):
     assert not any("lora" in k for k in tuned.state_dict())  # merged: plain weights
     assert tuned.config.intermediate_size == 48 and "tokenizer.json" in os.listdir(tmp_path / "lora")
     assert perplexity(tuned, rows) < before and losses[-1] < losses[0]
+
+
+def test_a_plan_replays_to_the_same_checkpoint_and_an_edited_one_is_refused(tmp_path, capsys):
+    from safetensors.torch import load_file
+    from surgery.blockwise.replay import replay_checkpoint
+    from surgery.cli import main
+    src = ck.write(str(tmp_path / "src"), "llama")
+    ids = ck.ids_file(str(tmp_path))
+    first = prune_checkpoint(src, tmp_path / "first", ratio=0.5, criterion="wanda", calibration=ids, samples=6,
+                             seq_len=8, progress=False)
+    capsys.readouterr()
+    assert main(["prune", src, "--output", str(tmp_path / "again"), "--replay",
+                 str(tmp_path / "first" / PLAN_FILE)]) == 0
+    again = json.loads((tmp_path / "again" / PLAN_FILE).read_text())
+    assert [b["removed"] for b in again["blocks"]] == [b["removed"] for b in first["blocks"]]
+    assert again["options"]["criterion"] == "replay" and all(b["exact"] for b in again["blocks"])
+
+    def weights(folder):
+        return {k: v for f in sorted(os.listdir(folder)) if f.endswith(".safetensors")
+                for k, v in load_file(os.path.join(folder, f)).items()}
+    a, b = weights(tmp_path / "first"), weights(tmp_path / "again")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    edited = json.loads((tmp_path / "first" / PLAN_FILE).read_text())
+    edited["blocks"][1]["removed"]["mlp.down_proj"]["in"].pop()
+    with pytest.raises(ArgumentError, match="block 1 does not replay"):
+        replay_checkpoint(src, tmp_path / "edited", edited, progress=False)
+    assert not (tmp_path / "edited").exists()
