@@ -28,6 +28,7 @@ from surgery.core.frames import user_stacklevel
 from surgery.select.cost import CostModel
 from surgery.core.config import PruneConfig
 from surgery.core.errors import ArgumentError, ArgumentTypeError
+from surgery.core.inputs import input_spec
 from surgery.select.budget import Budget, scheduled
 from surgery.groups.graph import ChannelGraph
 from surgery.plan import record, touched_layers
@@ -39,6 +40,7 @@ from surgery.repair.reconstruct import KEEPS, reconstruct
 from surgery.rewrite.rebuild import keep_indices, rewrite
 from surgery.select.selection import EMPTY, select_units
 from surgery.groups.build import trace
+from surgery.groups.rebind import rebind, structure
 from surgery.rewrite.verify import Verification, checked_rewrite
 
 __all__ = ["prune", "Pruner", "PruneConfig", "calibrate"]
@@ -135,6 +137,7 @@ class Pruner:
         self.last_step: tuple | None = None  # (channel graph, removed units) of the last step
         self._cost0: float | None = None
         self._given_graph = _own_graph(graph, model) if graph is not None else None  # for the first step
+        self._traced: tuple | None = None  # (structure and input spec, graph) of the last trace
 
     @property
     def done(self) -> bool:
@@ -200,14 +203,22 @@ class Pruner:
         return self.model
 
     def _trace(self) -> ChannelGraph:
+        """The channel graph of the current model: the given one on the first step, a cached one
+        when the model's structure has not changed since it was traced (``plan()`` then
+        ``step()``, a step that removed nothing), else a new trace."""
         if self._given_graph is not None and self.step_index == 0:
             return self._given_graph
+        key = (structure(self.model), input_spec(self.example_inputs))
+        if self._traced is not None and self._traced[0] == key:
+            return rebind(self._traced[1], self.model, self.example_inputs)
         with warnings.catch_warnings():
             if self.step_index:  # the first trace already said what it had to say
                 warnings.simplefilter("ignore")
-            return trace(self.model, self.example_inputs, leaf_modules=self.config.leaf_modules,
-                         ignored_layers=self._ignored, attention=self.config.attention,
-                         tracer=self.config.tracer)
+            graph = trace(self.model, self.example_inputs, leaf_modules=self.config.leaf_modules,
+                          ignored_layers=self._ignored, attention=self.config.attention,
+                          tracer=self.config.tracer)
+        self._traced = (key, graph)
+        return graph
 
     def _choose(self, graph: ChannelGraph, step: int) -> np.ndarray:
         opts = dict(self._data)

@@ -42,3 +42,19 @@ def test_a_graph_of_another_model_is_refused():
     graph = surgery.trace(Block(0), x)
     with pytest.raises(ArgumentError, match="traced on another model"):
         surgery.Pruner(Block(1), x, ratio=0.5, graph=graph)
+
+
+def test_plan_then_step_traces_once_and_a_changed_model_is_traced_again(monkeypatch):
+    import surgery.pruner as pruner_module
+    calls = []
+    real = pruner_module.trace
+    monkeypatch.setattr(pruner_module, "trace", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    pruner = surgery.Pruner(model, x, ratio=0.5, iterative_steps=2)
+    pruner.plan()
+    small = pruner.step()
+    assert len(calls) == 1 and pruner.verification.exact
+    pruner.step()  # the model changed: traced again
+    assert len(calls) == 2 and small[0].out_features < 8

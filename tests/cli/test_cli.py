@@ -95,10 +95,11 @@ def test_prune_flags_are_the_prune_config_fields_one_to_one():
     import argparse
     import dataclasses
 
-    from surgery.cli import _parser
+    from surgery.cli import CHECKPOINT_DEFAULTS, _parser
     from surgery.core.config import PruneConfig
     prune = _parser()._subparsers._group_actions[0].choices["prune"]
-    generated = {a.dest for a in prune._actions if a.default is argparse.SUPPRESS and a.dest != "help"}
+    generated = {a.dest for a in prune._actions if a.default is argparse.SUPPRESS and a.dest != "help"
+                 and a.dest not in CHECKPOINT_DEFAULTS}  # those are the checkpoint-folder flags
     python_only = {f.name for f in dataclasses.fields(PruneConfig) if f.metadata["cli"] is None}
     assert generated == set(PruneConfig.fields()) - python_only
     assert python_only == {"inplace"}  # the command line always writes a new file
