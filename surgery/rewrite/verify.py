@@ -16,6 +16,8 @@ Empty example inputs are refused: they would compare nothing.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import contextlib
 import copy
 import warnings
@@ -252,16 +254,24 @@ def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol
 @contextlib.contextmanager
 def cast_temporarily(model: nn.Module, dtype: torch.dtype):
     """Floating parameters and buffers in ``dtype`` inside the block, then each back to its own
-    dtype (float32 -> float64 -> float32 is exact, so the model comes back bit for bit)."""
+    dtype. A widening cast (float32, bfloat16 or float16 to float64) is undone by casting back,
+    bit for bit, so the originals are not kept meanwhile (the pruned copy's memory is not held
+    twice); any other cast, and tensors sharing storage (ties must stay ties), keep them."""
     tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-    saved = [(t, t.data) for t in tensors]
+    storages = Counter(t.untyped_storage().data_ptr() for t in tensors)
+    saved = [(t, t.dtype, None if _widens(t.dtype, dtype) and storages[t.untyped_storage().data_ptr()] == 1
+              else t.data) for t in tensors]
     try:
         for t in tensors:
             t.data = t.data.to(dtype)
         yield model
     finally:
-        for t, data in saved:
-            t.data = data
+        for t, old, data in saved:
+            t.data = data if data is not None else t.data.to(old)
+
+
+def _widens(old: torch.dtype, new: torch.dtype) -> bool:
+    return new == torch.float64 and old in (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _cast(example_inputs: Any, dtype: torch.dtype) -> Any:

@@ -303,3 +303,16 @@ def test_load_returns_the_model_in_the_mode_it_was_saved_in(mode, tmp_path):
     assert back.training == mode and all(m.training == mode for m in back.modules())
     if not mode:
         assert torch.equal(back(X), small(X))  # no .eval() needed for the saved outputs
+
+
+def test_a_temporary_float64_cast_restores_values_bit_for_bit_and_keeps_shared_storage():
+    from surgery.rewrite.verify import cast_temporarily
+    torch.manual_seed(0)
+    a, b, c = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3).to(torch.bfloat16)
+    b.weight = nn.Parameter(a.weight.data)  # two parameters over one storage
+    model = nn.Sequential(a, b, c)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with cast_temporarily(model, torch.float64):
+        assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert a.weight.data_ptr() == b.weight.data_ptr() and c.weight.dtype == torch.bfloat16
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in model.state_dict().items())
