@@ -24,6 +24,7 @@ setup(
         "omegaconf",
     ],
     extras_require={"report": ["matplotlib"], "hf": ["transformers"], "lora": ["transformers", "peft"],
-                    "test": ["pytest", "hypothesis", "timm", "matplotlib", "transformers", "pypdfium2", "peft"]},
+                    "test": ["pytest", "hypothesis", "timm", "matplotlib", "transformers", "pypdfium2", "peft",
+                             "ultralytics", "onnx", "onnxruntime", "onnxscript"]},
     entry_points={"console_scripts": ["surgery=surgery.cli:main"]},
 )
