@@ -79,6 +79,9 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
             empty is refused).
         planned: ``{block: removed}`` from a plan, replayed instead of scored (use
             :func:`surgery.blockwise.replay.replay_checkpoint`).
+
+    Memory: on glibc this sets the allocator's mmap threshold to 1 MiB for the process, so
+    that freed tensors go back to the system at once instead of piling up in the heap.
     """
     check_ratio(ratio, "ratio")
     if head_ratio is not None:
@@ -106,6 +109,7 @@ def prune_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *
     ids = calibration_ids(calibration, source, samples=samples, seq_len=seq_len, seed=seed + rank,
                           vocab_size=getattr(config, "vocab_size", None))
     started = time.perf_counter()
+    _mmap_big_tensors()
     inside = tuple(f"{blocks_name}.{i}." for i in range(len(blocks)))
     outer = [k for k in ckpt.keys() if not k.startswith(inside)]
     head = _output_head(model)  # not needed to compute the blocks' inputs: stays on meta
@@ -339,6 +343,19 @@ def _own_config(block: nn.Module) -> None:
         shared = getattr(module, "config", None)
         if hasattr(shared, "to_dict"):
             module.config = copies.setdefault(id(shared), copy.deepcopy(shared))
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _mmap_big_tensors() -> None:
+    """Allocations of 1 MiB and more are mapped and unmapped directly (glibc raises this
+    threshold by itself as big blocks are freed, and then keeps freed tensors in its heap:
+    transient copies would stack up into the peak). Process-wide; a no-op off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def _free() -> None:
