@@ -31,11 +31,12 @@ def analyse(gm: fx.GraphModule, attention: str = "dims") -> RuleContext:
 
 def _freeze_sizes_used_as_values(ctx: RuleContext, size: fx.Node) -> None:
     """A size read at run time from a tracked dim (``x.size(1)``, ``x.numel()``, ``x.shape[-1]``)
-    changes value when channels go. Through reshape sizes it is followed (shape_ops); when it
+    changes value when channels go; a read of other dims (``x.shape[-2:]``) does not. Through reshape sizes it is followed (shape_ops); when it
     reaches any other tensor (``y / x.size(1)``, ``q * x.shape[-1] ** -0.5``) the dim is frozen."""
     src, dim = size.meta[SIZE_OF]
     axes = ctx.axes(src) or {}
-    tracked = list(axes.values()) if dim is None else [axes[dim]] if dim in axes else []
+    dims = list(axes) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+    tracked = [axes[d] for d in dims if d in axes]  # a read of H or W says nothing about channels
     if not tracked or not _reaches_a_value(ctx, size, set()):
         return
     for v in tracked:

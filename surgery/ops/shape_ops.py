@@ -122,7 +122,7 @@ def _size_args(node: fx.Node) -> tuple[list, tuple]:
     return [], ()
 
 
-SIZE_OF = "surgery.size_of"  # node.meta: (tensor node, dim or None) a size value was read from
+SIZE_OF = "surgery.size_of"  # node.meta: (tensor node, dim, tuple of dims, or None: all) a size was read from
 
 
 SIZE_TAKERS = ("view", "reshape", torch.reshape, torch.ops.aten.view.default, torch.ops.aten.reshape.default)  # ops whose dynamic sizes _follow_dynamic_sizes handles
@@ -135,7 +135,7 @@ def _follow_dynamic_sizes(ctx: RuleContext, node: fx.Node, out: dict) -> None:
     source = node.args[0] if node.args else None
     for d, s in enumerate(sizes):
         origin = s.meta.get(SIZE_OF) if isinstance(s, fx.Node) else None
-        if not origin or origin[1] is None:
+        if not origin or not isinstance(origin[1], int):
             continue
         src, sd = origin
         src_vars = (ctx.axes(src) or {}).get(sd)
@@ -353,11 +353,13 @@ register_function(torch.chunk)(chunk)
 def getitem(ctx: RuleContext, node: fx.Node):
     src, idx = node.args
     origin = src.meta.get(SIZE_OF) if isinstance(src, fx.Node) else None
-    if origin and origin[1] is None and isinstance(idx, int):  # x.shape[i]
-        node.meta[SIZE_OF] = (origin[0], idx % max(len(ctx.shape(origin[0]) or ()), 1))
-        return None
-    if origin and origin[1] is None:  # x.shape[1:]: a size tuple that may hold channel counts
-        node.meta[SIZE_OF] = origin
+    if origin and not isinstance(origin[1], int):  # x.shape[i], x.shape[-2:]: the dims read
+        nd = len(ctx.shape(origin[0]) or ())
+        dims = tuple(range(nd)) if origin[1] is None else origin[1]
+        try:
+            node.meta[SIZE_OF] = (origin[0], dims[idx]) if isinstance(idx, (int, slice)) and nd else origin
+        except IndexError:
+            node.meta[SIZE_OF] = origin
         return None
     axes = ctx.axes(src)
     if isinstance(axes, list):  # tuple/list output of an op

@@ -57,3 +57,33 @@ def test_shuffle_groups_are_unified_across_halves(x32):
     stem = [mb for mb in stream.members if mb.name == "stem.0"][0]
     assert stream.prunable and stream.size == 4
     assert all(len(stem.positions(u)) == 4 for u in range(4))
+
+
+class _PooledBranch(torch.nn.Module):
+    """ASPPPooling's pattern: pool, conv, then upsample back to the input's H and W, read
+    with ``x.shape[-2:]`` (or ``x.shape[1]`` to show that a channel read still freezes)."""
+
+    def __init__(self, read_channels=False):
+        super().__init__()
+        self.read_channels = read_channels
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pool_conv = torch.nn.Conv2d(8, 8, 1)
+        self.head = torch.nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        size = x.shape[-2:]
+        pooled = self.pool_conv(torch.nn.functional.adaptive_avg_pool2d(x, 1))
+        pooled = torch.nn.functional.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
+        if self.read_channels:
+            pooled = pooled / x.shape[1]
+        return self.head(torch.cat([x, pooled], 1))
+
+
+def test_reading_height_and_width_leaves_channels_prunable_and_reading_channels_does_not():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    small = prune_exact(_PooledBranch().double(), x)
+    assert small.conv.out_channels == 4 and small.pool_conv.out_channels == 4
+    g = surgery.trace(_PooledBranch(read_channels=True).double(), x)
+    frozen = [grp for grp in g.groups if grp.size == 8 and not grp.prunable]
+    assert frozen and "used as a value" in frozen[0].reason
