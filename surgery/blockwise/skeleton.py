@@ -166,7 +166,7 @@ class _Recorder(nn.Module):
         self.sink.append(call)
         if self.last:
             raise _Caught
-        return call.inputs(args[0] if args else kwargs[call.hidden])[call.hidden]
+        return args[0] if args else kwargs[call.hidden]  # the block stands aside
 
 
 def block_inputs(model: nn.Module, blocks: list, input_ids: torch.Tensor) -> tuple[torch.Tensor, list]:
