@@ -2,10 +2,10 @@
 
 The reference is built from the engine's own plan, not from the rewritten weights: a
 copy of the original in which every layer ignores the removed channels
-(:meth:`surgery.extend.Handler.mask`: zeroed input columns of convs and linears, zeroed
-rows of raw parameters). Removing channels is exactly that, so the outputs must agree
-to float tolerance. They run in float64 when the two copies fit in ``FLOAT64_LIMIT``
-bytes, else in the model's dtype with a looser tolerance.
+(:mod:`surgery.rewrite.reference`). Removing channels is exactly that, so the outputs must
+agree to float tolerance. They run in float64 when two float64 copies fit in
+``FLOAT64_LIMIT`` bytes, else in the model's dtype with a looser tolerance. The reference
+runs before the rewrite and is freed before the pruned model is built.
 
 Each output is compared on its own scale. Normalisations over channels (LayerNorm,
 GroupNorm with one group, ``F.layer_norm``) see the removed channels in the original, so an
@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections import Counter
 
 import contextlib
-import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,26 +29,26 @@ import torch.fx as fx
 import torch.nn as nn
 
 from surgery.core.frames import user_stacklevel
-from surgery.groups.graph import ChannelGraph, Group, Kind
+from surgery.groups.graph import ChannelGraph, Group
 from surgery.ops.handler import Handler
 from surgery.ops.registry import handler_for
-from surgery.core.inputs import as_inputs, check_finite, check_not_empty, flat_tensors, run_eval, tensor_at
+from surgery.core.inputs import check_finite, check_not_empty, flat_tensors, run_eval
 from surgery.rewrite.reach import downstream, reached_outputs
 from surgery.rewrite.rebuild import keep_indices, rewrite
 from surgery.core.transaction import transaction, untouched
 from surgery.ops.context import VALUE_KEY, TensorMeta
+from surgery.rewrite.reference import (FLOAT64_LIMIT, ReferenceRun, masked_reference, reference_outputs,
+                                       run_reference)
 from surgery.rewrite.train_check import branches_on_training, train_forward
 from surgery.capture.fx import owning_module
 from surgery.capture.meta import NeedsValues, run_meta
 from surgery.core.errors import VerificationError
 
-__all__ = ["Verification", "masked_reference", "verify", "checked_rewrite",
+__all__ = ["Verification", "masked_reference", "verify", "compare", "checked_rewrite",
            "check_output_shapes", "FLOAT64_LIMIT"]
 
 MIN_FINITE = 0.5  # fraction of the original's output values that must be finite to say "verified"
-FLOAT64_LIMIT = 2 * 1024 ** 3  # bytes of float64 weights for the reference and the pruned copy together
 _TOL = {torch.float64: 1e-7, torch.float32: 2e-3}
-
 
 
 @dataclass
@@ -112,87 +111,69 @@ def _tensor_count(node: fx.Node) -> int:
     return count(node.meta.get(VALUE_KEY))
 
 
-def masked_reference(model: nn.Module, graph: ChannelGraph, removed: np.ndarray,
-                     dtype: torch.dtype | None = None) -> nn.Module:
-    """A copy of ``model`` (in ``dtype``) whose layers ignore the ``removed`` units."""
-    ref = copy.deepcopy(model)
-    if dtype is not None:
-        ref.to(dtype)
-    kinds = {(s.name, s.role): s.kind for s in graph.slots}
-    by_layer: dict = {}
-    for (name, role), keep in keep_indices(graph, removed).items():
-        if kinds[(name, role)] == Kind.PARAM:
-            _zero_param(ref, name, role.dim, keep)
-        else:
-            by_layer.setdefault(name, {})[str(role)] = keep
-    for name, roles in by_layer.items():
-        module = ref.get_submodule(name)
-        handler_for(module).mask(module, roles.get("in"), roles.get("out"))
-    return ref
-
-
-def _zero_param(root: nn.Module, name: str, dim: int, keep: np.ndarray) -> None:
-    t = tensor_at(root, name)
-    gone = torch.ones(t.shape[dim], dtype=torch.bool)
-    gone[torch.as_tensor(keep, dtype=torch.long)] = False
-    with torch.no_grad():
-        t.index_fill_(dim, torch.nonzero(gone).flatten().to(t.device), 0)
-
-
-def reference_dtype(model: nn.Module) -> torch.dtype:
-    """float64 when two float64 copies of the weights fit in FLOAT64_LIMIT, else the model's."""
-    n = sum(t.numel() for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point())
-    if 2 * 8 * n <= FLOAT64_LIMIT:
-        return torch.float64
-    first = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return first.dtype if first is not None else torch.float32
-
-
 def verify(reference: nn.Module, pruned: nn.Module, graph: ChannelGraph, removed: np.ndarray,
            example_inputs: Any) -> Verification:
     """Compare ``pruned`` with the masked ``reference`` on the example inputs, each output on
     its own scale (outputs fed by a crossed norm: shapes only), in eval mode and, when the
     model's code reads ``self.training``, in train mode too; raise :class:`VerificationError`
     naming the first diverging layer on a mismatch."""
-    check_not_empty(example_inputs)
+    try:
+        return compare(run_reference(reference, graph, example_inputs), pruned, graph, removed)
+    except _Diverged as d:
+        with cast_temporarily(pruned, d.run.dtype), untouched(pruned):
+            where = first_divergence(reference, pruned, d.run.inputs, d.tol, keep_indices(graph, removed), d.skip)
+        raise VerificationError(_message(d.error, d.tol, d.run.dtype, where, graph, removed)
+                                + _mask_hint(reference, where)) from None
+
+
+class _Diverged(Exception):
+    """The pruned model's outputs differ from the reference's (``error`` over ``tol``); the
+    layer to blame is found where a reference is at hand (``skip``: layers not to blame)."""
+
+    def __init__(self, run: ReferenceRun, error: float, tol: float, skip: set) -> None:
+        super().__init__(f"differs by {error:.3g}")
+        self.run, self.error, self.tol, self.skip = run, error, tol, skip
+
+
+def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: np.ndarray) -> Verification:
+    """Compare ``pruned`` with what the masked reference computed (:func:`run_reference`);
+    raises :class:`_Diverged` on a mismatch (after checking the output shapes)."""
     crossed = _crossed(graph, removed)
-    dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()), torch.float32)
-    inputs = _cast(example_inputs, dtype)
+    dtype, inputs, ref_out = run.dtype, run.inputs, run.outputs
     tol = _TOL.get(dtype, 5e-2)
     with cast_temporarily(pruned, dtype), untouched(pruned):
-        ref_out, out = flat_tensors(run_eval(reference, inputs)), flat_tensors(run_eval(pruned, inputs))
+        out = flat_tensors(run_eval(pruned, inputs))
         inexact = inexact_outputs(graph, removed)
         if len(inexact) != len(ref_out):  # the model ran another branch than the one traced
             inexact = [bool(crossed)] * len(ref_out)
-        compare = [i for i, bad in enumerate(inexact) if not bad]
-        _check_something_compared(ref_out, compare)
-        error, elements, total = _relative_error(ref_out, out, compare)
+        compared = [i for i, bad in enumerate(inexact) if not bad]
+        _check_something_compared(ref_out, compared)
+        error, elements, total = _relative_error(ref_out, out, compared)
+        del out
         if not error <= tol:
             check_output_shapes(graph, pruned, inputs)  # a shape change gets its own message
-            skip = _modules_after(graph, crossed)
-            where = first_divergence(reference, pruned, inputs, tol, keep_indices(graph, removed), skip)
-            raise VerificationError(_message(error, tol, dtype, where, graph, removed) + _mask_hint(reference, where))
-        if type(pruned) is type(reference):
-            train = _train_mode(reference, pruned, inputs, tol, compare=not crossed, traced=_fx_graph(graph))
+            raise _Diverged(run, error, tol, _modules_after(graph, crossed))
+        if type(pruned) is run.model_type:
+            train = _train_mode(run, pruned, tol, compare=not crossed)
         else:  # a patched GraphModule: its forward keeps the branches of `self.training` that were traced
-            train = _train_mode(None, pruned, inputs, tol, compare=False)
+            train = _train_runs(pruned, inputs)
             train += " (a GraphModule: `if self.training` branches as traced)" if train else ""
     kind = str(dtype).replace("torch.", "")
     counts = dict(elements=elements, total=total)
     if elements < total:  # some outputs are NaN or inf: name the weights that hold such values
-        warn_non_finite(reference)
+        warn_non_finite(run.non_finite or [])
     if total and elements < MIN_FINITE * total:
         return Verification(exact=False, unchecked=[
             f"only {elements:,} of {total:,} output values of the original are finite (NaN or inf in the inputs or "
             f"weights; at least {MIN_FINITE:.0%} are needed to call it verified)"] + [w for w, _ in crossed],
             train=train, **counts)
-    if len(compare) == len(ref_out):
+    if len(compared) == len(ref_out):
         return Verification(exact=True, max_error=error, dtype=kind, train=train, **counts)
     unchecked = [what for what, _ in crossed]
-    if not compare:
+    if not compared:
         return Verification(exact=False, unchecked=unchecked, train=train)
     return Verification(exact=False, max_error=error, dtype=kind, unchecked=unchecked,
-                        compared=f"outputs {compare} of {len(ref_out)}", train=train, **counts)
+                        compared=f"outputs {compared} of {len(ref_out)}", train=train, **counts)
 
 
 def _check_something_compared(ref_out: list, compare: list) -> None:
@@ -208,28 +189,38 @@ def _modules_after(graph: ChannelGraph, crossed: list) -> set:
     return {n.target for n in graph.gm.graph.nodes if n.op == "call_module" and n.name in reached}
 
 
-def _fx_graph(graph: ChannelGraph) -> fx.Graph | None:
-    """The traced fx graph, when it is one (the export front's is another kind of graph)."""
-    return graph.gm.graph if graph.front == "fx" else None
-
-
-def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol: float, compare: bool,
-                traced: fx.Graph | None = None) -> str:
-    """Train-mode check for models whose code reads ``self.training``: the pruned model must
-    run and (``compare``, with a ``reference``) equal the masked reference; '' when not needed."""
-    if not branches_on_training(reference if reference is not None else pruned, inputs, traced):
+def _train_mode(run: ReferenceRun, pruned: nn.Module, tol: float, compare: bool) -> str:
+    """Train-mode check for models whose code reads ``self.training`` (``run.train`` holds the
+    reference's train-mode outputs): the pruned model must run and (``compare``) equal the
+    masked reference; '' when not needed."""
+    if run.train is None:
         return ""
-    ref_out = None
-    if reference is not None:
-        try:
-            with train_forward(reference) as run:
-                ref_out = flat_tensors(run(inputs))
-        except Exception as err:
-            return f"train mode not checked (the original fails in train mode on the example inputs: " \
-                   f"{type(err).__name__})"
+    if isinstance(run.train, str):
+        return run.train
+    out = _train_outputs(pruned, run.inputs)
+    error = _relative_error(run.train, out, list(range(len(run.train))) if compare else [])[0]
+    if not error <= tol:
+        raise VerificationError(
+            f"in train mode (the model's code reads self.training) the pruned model differs from the original "
+            f"with the removed channels masked by {error:.3g} (relative; tolerance {tol:g}); the model was left "
+            f"as it was. A branch taken only in training uses channels the trace did not see: trace the model "
+            f"in train mode (model.train()), or keep those layers with ignored_layers")
+    return "train mode compared too" if compare else "train mode: shapes"
+
+
+def _train_runs(pruned: nn.Module, inputs: Any) -> str:
+    """With no reference: when the model's code reads ``self.training``, the pruned model must
+    run in train mode; '' when not needed."""
+    if not branches_on_training(pruned, inputs):
+        return ""
+    _train_outputs(pruned, inputs)
+    return "train mode: runs"
+
+
+def _train_outputs(pruned: nn.Module, inputs: Any) -> list:
     try:
         with train_forward(pruned) as run:
-            out = flat_tensors(run(inputs))
+            return flat_tensors(run(inputs))
     except Exception as err:
         with train_forward(pruned) as run:
             where = _failing_module(pruned, lambda: run(inputs))
@@ -239,16 +230,6 @@ def _train_mode(reference: nn.Module | None, pruned: nn.Module, inputs: Any, tol
             f"was. A branch taken only in training "
             f"uses layers the trace did not see: trace the model in train mode (model.train()), or keep "
             f"those layers with ignored_layers") from err
-    if ref_out is None:
-        return "train mode: runs"
-    error = _relative_error(ref_out, out, list(range(len(ref_out))) if compare else [])[0]
-    if not error <= tol:
-        raise VerificationError(
-            f"in train mode (the model's code reads self.training) the pruned model differs from the original "
-            f"with the removed channels masked by {error:.3g} (relative; tolerance {tol:g}); the model was left "
-            f"as it was. A branch taken only in training uses channels the trace did not see: trace the model "
-            f"in train mode (model.train()), or keep those layers with ignored_layers")
-    return "train mode compared too" if compare else "train mode: shapes"
 
 
 @contextlib.contextmanager
@@ -272,12 +253,6 @@ def cast_temporarily(model: nn.Module, dtype: torch.dtype):
 
 def _widens(old: torch.dtype, new: torch.dtype) -> bool:
     return new == torch.float64 and old in (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _cast(example_inputs: Any, dtype: torch.dtype) -> Any:
-    cast = (lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
-    args, kwargs = as_inputs(example_inputs)
-    return {k: cast(v) for k, v in kwargs.items()} if kwargs else tuple(cast(a) for a in args)
 
 
 def _relative_error(xs: list, ys: list, compare: list) -> tuple[float, int, int]:
@@ -411,7 +386,7 @@ def check_output_shapes(graph: ChannelGraph, pruned: nn.Module, example_inputs: 
     want = _shapes(expected.args[0], lambda n: getattr(n.meta.get(VALUE_KEY), "shape", None)
                    if isinstance(n, fx.Node) else None)
     got = _shapes(out, lambda t: t.shape if isinstance(t, torch.Tensor) else None)
-    if graph.front == "export":  # the exported graph returns the output's tensors, flat
+    if graph.front != "fx":  # the exported graph returns the output's tensors, flat
         got = [t.shape for t in flat_tensors(out)]
     if want != got:
         makers = sorted({owning_module(n) or "" for n in expected.all_input_nodes} - {""})
@@ -429,14 +404,12 @@ def _shapes(obj: Any, leaf) -> Any:
     return tuple(v) if isinstance(v, torch.Size) else None
 
 
-def warn_non_finite(model: nn.Module) -> None:
+def warn_non_finite(names: list) -> None:
     """Name the parameters and buffers holding NaN or inf: the outputs they reach cannot be
     compared, so verification covers less (it says how much)."""
-    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
-           if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all())]
-    if bad:
-        warnings.warn(f"{len(bad)} parameters or buffers hold NaN or inf ({', '.join(bad[:3])}"
-                      f"{', ...' if len(bad) > 3 else ''}): outputs they reach are not compared by verification",
+    if names:
+        warnings.warn(f"{len(names)} parameters or buffers hold NaN or inf ({', '.join(names[:3])}"
+                      f"{', ...' if len(names) > 3 else ''}): outputs they reach are not compared by verification",
                       stacklevel=user_stacklevel())
 
 
@@ -455,38 +428,62 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
     """Rewrite, then verify (exactly, or shapes only with ``verify_exact=False``); all or
     nothing: with ``inplace`` the model is restored on any error, and without it the
     user's model is never touched. ``inplace`` without ``new_object_ok`` returns the model
-    object itself or raises :class:`surgery.rewrite.rebuild.InPlaceError`."""
+    object itself or raises :class:`surgery.rewrite.rebuild.InPlaceError`.
+
+    The masked reference runs before the rewrite and is freed at once: only its outputs are
+    kept, so it is never in memory together with the pruned model (on a mismatch it is built
+    again, after the model is restored, to name the first diverging layer)."""
     check_not_empty(example_inputs)
     check_finite(example_inputs)
     norms = crossed_norms(graph, removed)
     warn_norms(norms)
-    reference = None
+    ran = None
     if verify_exact and len(removed) and not all(inexact_outputs(graph, removed) or [True]):
-        reference = masked_reference(model, graph, removed, reference_dtype(model))
+        ran = reference_outputs(model, graph, removed, example_inputs)
     skipped = ["nothing was removed"] if not len(removed) else \
         [f"not exact by design, a normalisation over channels sees removed ones: {n}" for n in norms] \
         if verify_exact else ["verify=False"]
-    with transaction(model) if inplace else contextlib.nullcontext():
-        new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok)
-        with untouched(new):  # the runs below leave the model's containers as they were
-            try:
-                if reference is not None:
-                    result = verify(reference, new, graph, removed, example_inputs)
-                else:
-                    check_output_shapes(graph, new, example_inputs)
-                    train = _train_mode(None, new, example_inputs, 0.0, False) if verify_exact and len(removed) else ""
-                    result = Verification(exact=False, unchecked=skipped, train=train)
-            except VerificationError:
-                raise
-            except Exception as err:  # the rewritten model does not even run
-                where = _failing_module(new, lambda: run_eval(new, example_inputs))
-                fix = (f"keep the channels of '{where}' with ignored_layers=['{where}']" if where else
-                       "keep the layers whose channels this step removes with ignored_layers")
-                raise VerificationError(f"the pruned model fails on the example inputs"
-                                        f"{f' in module {where!r}' if where else ''} ({type(err).__name__}: {err}); "
-                                        f"the model was left as it was. Please report this model; meanwhile {fix}.") from err
+    try:
+        with transaction(model) if inplace else contextlib.nullcontext():
+            new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok)
+            with untouched(new):  # the runs below leave the model's containers as they were
+                result = _check(ran, new, graph, removed, example_inputs, verify_exact, skipped)
+    except _Diverged as d:  # the model is as it was: rebuild both sides to name the layer
+        where = _blame(model, graph, removed, d)
+        raise VerificationError(_message(d.error, d.tol, d.run.dtype, where, graph, removed)
+                                + _mask_hint(model, where)) from None
     object.__setattr__(new, "surgery_verification", result)
     return new, result
+
+
+def _check(ran: ReferenceRun | None, new: nn.Module, graph: ChannelGraph, removed: np.ndarray, example_inputs: Any,
+           verify_exact: bool, skipped: list) -> Verification:
+    try:
+        if ran is not None:
+            return compare(ran, new, graph, removed)
+        check_output_shapes(graph, new, example_inputs)
+        train = _train_runs(new, example_inputs) if verify_exact and len(removed) else ""
+        return Verification(exact=False, unchecked=skipped, train=train)
+    except (VerificationError, _Diverged):
+        raise
+    except Exception as err:  # the rewritten model does not even run
+        where = _failing_module(new, lambda: run_eval(new, example_inputs))
+        fix = (f"keep the channels of '{where}' with ignored_layers=['{where}']" if where else
+               "keep the layers whose channels this step removes with ignored_layers")
+        raise VerificationError(f"the pruned model fails on the example inputs"
+                                f"{f' in module {where!r}' if where else ''} ({type(err).__name__}: {err}); "
+                                f"the model was left as it was. Please report this model; meanwhile {fix}.") from err
+
+
+def _blame(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, d: _Diverged) -> str | None:
+    """The first layer where a fresh rewrite of ``model`` diverges from a fresh masked reference."""
+    try:
+        reference = masked_reference(model, graph, removed, d.run.dtype)
+        pruned = rewrite(model, graph, removed, inplace=False, new_object_ok=True)
+        with cast_temporarily(pruned, d.run.dtype), untouched(pruned):
+            return first_divergence(reference, pruned, d.run.inputs, d.tol, keep_indices(graph, removed), d.skip)
+    except Exception:  # noqa: BLE001  (only the message's detail is lost)
+        return None
 
 
 def _closed(stack: list) -> None:
