@@ -21,12 +21,12 @@ import torch.fx as fx
 import torch.nn as nn
 
 from surgery.core.inputs import as_inputs, evaluating, flat_tensors
-from surgery.ops.context import VALUE_KEY, TensorMeta
+from surgery.ops.context import CONSTANT_KEY, VALUE_KEY, TensorMeta
 from surgery.ops.registry import rule_for
 from surgery.core.transaction import untouched
 from surgery.core.errors import ExportError
 
-__all__ = ["export_graph"]
+__all__ = ["export_graph", "rebuilt"]
 
 _PREFIX = "m."
 
@@ -62,7 +62,7 @@ def export_graph(model: nn.Module, example_inputs: Any, leaf_paths: set = frozen
                           f"{str(err).splitlines()[0] if str(err) else ''}\nFix: make the forward exportable "
                           f"(see torch.export's message above), or trace with tracer='fx' and leaf_modules="
                           f"[...] for the parts fx cannot trace.") from err
-    return _rebuilt(model, program, leaf_paths)
+    return rebuilt(model, program, leaf_paths)
 
 
 def _parameters(model: nn.Module) -> set:
@@ -73,7 +73,11 @@ def _parameters(model: nn.Module) -> set:
         return set()
 
 
-def _rebuilt(model: nn.Module, program, leaf_paths: set = frozenset()) -> fx.GraphModule:
+def rebuilt(model: nn.Module, program, leaf_paths: set = frozenset()) -> fx.GraphModule:
+    """The analysable graph of ``program`` (an ``ExportedProgram``, or anything with its
+    ``graph_module``, ``graph_signature`` and ``constants``): lifted inputs and ``get_attr``
+    nodes that read the model's own tensors become ``get_attr`` nodes under their
+    ``state_dict()`` names; layers with a rule and the ``leaf_paths`` collapse."""
     sig = program.graph_signature
     lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
@@ -81,17 +85,24 @@ def _rebuilt(model: nn.Module, program, leaf_paths: set = frozenset()) -> fx.Gra
     state.update(model.named_buffers(remove_duplicate=False))
     attrs: dict = {}
     graph, env = fx.Graph(), {}
+    names: dict = {}
+    for name, t in state.items():
+        names.setdefault(id(t), name)
     for node in program.graph_module.graph.nodes:
         if node.op == "placeholder" and node.name in lifted:
             env[node] = _lifted(graph, node, lifted[node.name], state, program, attrs)
         elif node.op == "get_attr":
-            attrs[node.target] = getattr(program.graph_module, node.target)
-            env[node] = graph.get_attr(node.target)
+            value = getattr(program.graph_module, node.target)
+            target = names.get(id(value), node.target)  # the model's own tensor (make_fx's _param_constant)
+            attrs[target] = value
+            env[node] = graph.get_attr(target)
         else:
             env[node] = graph.node_copy(node, lambda n: env[n])
         env[node].meta = _meta(node.meta)
         if node.op == "get_attr" or (node.op == "placeholder" and node.name in lifted):
             env[node].meta[VALUE_KEY] = _summary(_value_of(attrs, env[node].target, node))
+            if env[node].target not in state and node.op == "get_attr":
+                env[node].meta[CONSTANT_KEY] = True  # made by the forward (recorded runs): cannot be sliced
     _collapse_leaves(graph, model, attrs, leaf_paths)
     _collapse_layers(graph, model, attrs)
     for node in [n for n in graph.nodes if n.op == "get_attr" and not n.users]:

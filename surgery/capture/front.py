@@ -1,4 +1,5 @@
-"""Capture a model as a graph with value summaries: torch.fx first, torch.export when fx fails.
+"""Capture a model as a graph with value summaries: torch.fx first, torch.export when fx
+fails, and a recorded run of the forward (:mod:`surgery.capture.run`) when both fail.
 
 Example:
     >>> import torch
@@ -8,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable
 
 import torch
@@ -18,10 +20,12 @@ import torch.nn.utils.prune  # noqa: F401  (check_model)
 
 from surgery.core.config import check_tracer
 from surgery.capture.meta import NeedsValues, propagate_meta
+from surgery.core.frames import user_stacklevel
 from surgery.core.errors import ArgumentError, ArgumentTypeError, ExportError, ShapeError, TraceError
 from surgery.core.transaction import untouched
 from surgery.capture.export import export_graph
 from surgery.capture.fx import leaf_paths, propagate, symbolic_trace
+from surgery.capture.run import run_graph
 
 __all__ = ["capture", "check_model", "shapes"]
 
@@ -47,8 +51,10 @@ def _on_meta(model: nn.Module) -> bool:
 
 def capture(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
             tracer: str = "auto") -> tuple[fx.GraphModule, str]:
-    """(graph whose nodes carry value summaries, "fx" or "export")."""
+    """(graph whose nodes carry value summaries, "fx", "export" or "run")."""
     check_tracer(tracer)
+    if tracer == "run":
+        return run_graph(model, example_inputs, leaf_paths(leaf_modules, model)), "run"
     if tracer != "export":
         try:
             gm = symbolic_trace(model, leaf_modules)
@@ -62,9 +68,20 @@ def capture(model: nn.Module, example_inputs: Any, leaf_modules: Iterable = (),
     try:
         return export_graph(model, example_inputs, leaf_paths(leaf_modules, model)), "export"
     except ExportError as err:
-        if tracer == "auto":
-            raise TraceError(f"{fx_error}\n\ntorch.export failed too: {err}") from err
-        raise
+        if tracer != "auto":
+            raise
+        export_error = err
+    try:
+        gm = run_graph(model, example_inputs, leaf_paths(leaf_modules, model))
+    except TraceError as err:
+        raise TraceError(f"{fx_error}\n\ntorch.export failed too: {export_error}\n\nrecording a run failed "
+                         f"too: {err}") from err
+    warnings.warn(f"neither torch.fx nor torch.export can capture {type(model).__name__} "
+                  f"({str(export_error).splitlines()[0][:200]}); analysed the forward as it ran on the example "
+                  f"inputs (tracer='run'): a branch those inputs do not take is not analysed, and "
+                  f"verification checks those inputs. Pass tracer='run' to choose it without this warning",
+                  stacklevel=user_stacklevel())
+    return gm, "run"
 
 
 def check_model(model: nn.Module) -> None:

@@ -25,7 +25,7 @@ from surgery.core.errors import ArgumentError, ArgumentTypeError, UnknownOptionE
 
 __all__ = ["PruneConfig", "check_tracer", "check_attention", "check_skip_blocks", "option"]
 
-TRACERS = ("auto", "fx", "export")
+TRACERS = ("auto", "fx", "export", "run")
 ATTENTION = ("dims", "heads")
 NORMALIZE = ("none", "mean", "max", "lamp", "flops", "latency")
 SCHEDULES = ("linear", "exponential")
@@ -46,8 +46,8 @@ def option(default: Any = None, help: str = "", *, plain: Any = None, cli: str |
 def check_tracer(tracer: Any) -> str:
     """``tracer`` as given, or an ArgumentError naming the accepted values."""
     if tracer not in TRACERS:
-        raise ArgumentError(f"tracer must be 'auto' (fx, then torch.export if fx fails), 'fx' or 'export', "
-                            f"got {tracer!r}")
+        raise ArgumentError(f"tracer must be 'auto' (fx, then torch.export, then a recorded run), 'fx', "
+                            f"'export' or 'run', got {tracer!r}")
     return tracer
 
 
@@ -121,7 +121,7 @@ class PruneConfig:
                                          plain=Optional[float])
     skip_blocks: tuple = option((0, 0), "(first, last): the first and last repeated blocks (transformer "
                                 "layers) keep every channel they produce", plain=List[int], metavar="FIRST,LAST")
-    tracer: str = option("auto", "auto: torch.fx, then torch.export when fx fails; or fx, export",
+    tracer: str = option("auto", "auto: torch.fx, then torch.export, then a recorded run; or fx, export, run",
                          plain=str, choices=TRACERS)
     recalibrate: bool = option(False, "after each step, re-estimate the running statistics of the norm layers it "
                                "touched on the calibration data (needs data)", plain=bool)

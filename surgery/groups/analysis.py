@@ -6,7 +6,7 @@ from typing import Any
 import torch.fx as fx
 
 from surgery.ops.attention import head_splits
-from surgery.ops.context import AXES_KEY, RuleContext, TensorMeta, iter_vars
+from surgery.ops.context import AXES_KEY, CONSTANT_KEY, RuleContext, TensorMeta, iter_vars
 from surgery.ops.registry import function_rule, method_rule, rule_for
 from surgery.ops.shape_ops import SIZE_OF, SIZE_TAKERS
 
@@ -124,8 +124,8 @@ def _get_attr(ctx: RuleContext, node: fx.Node) -> Any:
     shape = ctx.shape(node)
     if shape is None:
         return None
-    if not ctx.value(node).dtype.is_floating_point:
-        return {}  # index tables and masks: data, not channels
+    if not ctx.value(node).dtype.is_floating_point or node.meta.get(CONSTANT_KEY):
+        return {}  # index tables, masks, tensors the forward made: data, not channels
     axes = {}
     for d, n in enumerate(shape):
         if n > 1:

@@ -39,7 +39,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         attention: ``"dims"`` (every head loses the same head dims; the head count stays)
             or ``"heads"`` (whole heads go: q/k/v rows, output-projection columns, and
             the head-count attributes follow).
-        tracer: ``"fx"`` (torch.fx symbolic tracing, then one forward for shapes),
+        tracer: ``"fx"`` (torch.fx symbolic tracing; shapes on the meta device),
             ``"export"`` (``torch.export.export(strict=False)``: an aten-level graph with
             fake-tensor shapes; for models fx cannot trace, Hugging Face transformers
             among them) or ``"auto"`` (fx first, export when fx fails).
@@ -57,7 +57,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     ignored = layer_names(model, ignored_layers, "ignored_layers")
     gm, front = capture(model, example_inputs, leaf_modules, tracer)
     ctx = analyse(gm, attention)
-    if front == "export":
+    if front != "fx":
         _tie_literals(ctx)
     couple_shared_tensors(ctx, gm)
     _freeze_ignored(ctx, ignored)

@@ -102,7 +102,7 @@ class ChannelGraph:
     warnings: list = field(repr=False)
     head_vars: list = field(repr=False)  # one variable array per split into heads
     head_nodes: list = field(repr=False)
-    front: str = "fx"  # "fx" or "export"
+    front: str = "fx"  # "fx", "export" or "run" (the last two: aten-level graphs)
     attention: str = "dims"
     input_spec: list = field(default_factory=list, repr=False)
     example_inputs: Any = field(default=None, repr=False)

@@ -1,4 +1,4 @@
-"""Rules for the core aten ops of a ``torch.export`` graph (``tracer="export"``).
+"""Rules for the aten ops of aten-level graphs (``tracer="export"`` and ``tracer="run"``).
 
 Most reuse the torch-level rules (their arguments are positional in the same order);
 the rest are small: ``slice``/``select``/``index`` on a dim, ``embedding``, and no-op
@@ -12,9 +12,9 @@ import torch.fx as fx
 from surgery.ops import attention, functional, reductions, shape_ops
 from surgery.ops.elementwise import elementwise, passthrough
 from surgery.ops.context import RuleContext
-from surgery.ops.registry import register_function
+from surgery.ops.registry import register_function, register_op
 
-__all__ = ["ATEN_RULES", "slice_tensor", "select_int", "embedding_fn", "bookkeeping"]
+__all__ = ["ATEN_RULES", "slice_tensor", "select_int", "embedding_fn", "bookkeeping", "roi_pool"]
 
 aten = torch.ops.aten
 
@@ -86,10 +86,36 @@ def _softmax(ctx: RuleContext, node: fx.Node):
     return reductions.along_dim(ctx, node)
 
 
+def roi_pool(ctx: RuleContext, node: fx.Node):
+    """``torchvision::roi_align/roi_pool(x[N, C, H, W], rois, ...)``: each box pools every
+    channel on its own (output ``[boxes, C, h, w]``); roi_pool also returns per-channel argmax."""
+    axes = ctx.axes(node.args[0]) or {}
+    ctx.freeze_all({d: v for d, v in axes.items() if d != 1}, "pooled by boxes")
+    out = {1: axes[1]} if 1 in axes else {}
+    return [out, dict(out)] if isinstance(ctx.value(node), list) else out
+
+
+_ELEMENTWISE = ("add", "sub", "rsub", "mul", "div", "maximum", "minimum", "where", "masked_fill", "pow",
+                "type_as", "floor_divide")
+_PER_VALUE = ("neg", "silu", "gelu", "relu", "relu6", "leaky_relu", "hardtanh", "hardswish", "hardsigmoid",
+              "sigmoid", "tanh", "exp", "rsqrt", "sqrt", "abs", "erf", "log", "sin", "cos", "mish", "elu",
+              "softplus", "clamp", "clamp_min", "clamp_max", "square", "reciprocal", "tril", "triu")
+_SPATIAL = ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "_adaptive_avg_pool2d",
+            "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact2d",
+            "upsample_linear1d", "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d",
+            "pad", "constant_pad_nd", "reflection_pad2d", "replication_pad2d")
+
+
+def _in_place(names: tuple) -> tuple:
+    """The in-place forms (``add_``): graphs recorded from a run keep them (export's are functional)."""
+    return tuple(n + "_" for n in names)
+
+
 ATEN_RULES = {
     shape_ops.reshape: _ops("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "flatten", "unflatten"),
     shape_ops.permute: _ops("permute", "transpose", "t", "swapaxes", "movedim"),
-    shape_ops.expand: _ops("expand"),
+    shape_ops.expand: _ops("expand", "expand_as"),
     shape_ops.cat: _ops("cat", "concat"),
     shape_ops.stack: _ops("stack"),
     shape_ops.split: _ops("split", "split_with_sizes"),
@@ -99,15 +125,10 @@ ATEN_RULES = {
     select_int: _ops("select"),
     index_tensor: _ops("index"),
     embedding_fn: _ops("embedding"),
-    elementwise: _ops("add", "sub", "rsub", "mul", "div", "maximum", "minimum", "where",
-                                  "masked_fill", "pow", "type_as", "floor_divide"),
-    passthrough: _ops(
-        "neg", "silu", "gelu", "relu", "relu6", "leaky_relu", "hardtanh", "hardswish", "hardsigmoid",
-        "sigmoid", "tanh", "exp", "rsqrt", "sqrt", "abs", "erf", "log", "sin", "cos", "mish", "elu",
-        "softplus", "clone", "contiguous", "alias", "detach", "detach_", "_to_copy", "to", "dropout",
-        "lift_fresh_copy", "clamp", "clamp_min", "clamp_max", "zeros_like", "ones_like", "full_like",
-        "empty_like", "square", "reciprocal", "tril", "triu", "max_pool2d", "avg_pool2d",
-        "adaptive_avg_pool2d", "pad", "constant_pad_nd"),
+    elementwise: _ops(*_ELEMENTWISE, *_in_place(_ELEMENTWISE)),
+    passthrough: _ops(*_PER_VALUE, *_in_place(_PER_VALUE), *_SPATIAL,
+                      "clone", "contiguous", "alias", "detach", "detach_", "_to_copy", "to", "dropout",
+                      "lift_fresh_copy", "zeros_like", "ones_like", "full_like", "empty_like"),
     reductions.reduce: _ops("mean", "sum", "amax", "amin", "var", "std", "prod", "logsumexp"),
     _softmax: _ops("softmax", "_softmax", "log_softmax", "_log_softmax"),
     reductions.matmul: _ops("matmul", "bmm"),
@@ -121,3 +142,4 @@ ATEN_RULES = {
 }
 for _rule, _targets in ATEN_RULES.items():
     register_function(*_targets)(_rule)
+register_op("torchvision::roi_align", "torchvision::roi_pool")(roi_pool)  # by name: torchvision not imported

@@ -26,6 +26,7 @@ __all__ = ["first_input", "freeze_other_dims", "Axes", "Kind", "Role", "Slot", "
 Axes = dict  # dict[int, np.ndarray]
 AXES_KEY = "surgery.axes"
 VALUE_KEY = "surgery.value"
+CONSTANT_KEY = "surgery.constant"  # a get_attr node that reads a tensor the forward made, not the model's
 
 
 @dataclass(frozen=True)

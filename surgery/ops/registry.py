@@ -58,6 +58,7 @@ class LayerType:
 _LAYERS: dict = {}
 _FUNCTIONS: dict = {}
 _METHODS: dict = {}
+_OPS: dict = {}  # an operator's schema name ("torchvision::roi_align") -> rule, for every overload
 _LEAF_FUNCTIONS: list = []  # Python functions torch.fx keeps as one call (their rules see the call)
 
 
@@ -239,7 +240,22 @@ def function_rule(fn: object) -> Rule | None:
         return None
     if rule is None and callable(fn):
         rule = _FUNCTIONS.get(qualified_name(fn))
+    schema = getattr(fn, "_schema", None)  # an operator overload (aten graphs)
+    if rule is None and schema is not None:
+        rule = _OPS.get(schema.name)
     return rule
+
+
+def register_op(*names: str, rule: Rule | None = None) -> Callable:
+    """Register ``rule`` for every overload of the operators named ``"namespace::op"`` (their
+    schema name), as they appear in aten-level graphs, without importing the library that
+    defines them (``"torchvision::roi_align"``). Without ``rule`` it is a decorator."""
+    return _register(_OPS, names, rule, _check_op_key)
+
+
+def _check_op_key(key: object) -> None:
+    if not (isinstance(key, str) and re.match(r"^\w+::\w+$", key)):
+        raise ArgumentTypeError(f"register_op takes operator names such as 'torchvision::roi_align', got {key!r}")
 
 
 def method_rule(name: str) -> Rule | None:

@@ -227,14 +227,16 @@ register_function(torch.permute, torch.transpose, torch.swapaxes, torch.t, torch
 
 
 # --------------------------------------------------------------------------- cat / stack
-def _tensor_list(ctx: RuleContext) -> list:
+def _tensor_list(ctx: RuleContext, legacy_empty: bool = True) -> list:
+    """(axes, shape) of each tensor in the list argument; ``legacy_empty``: leave out 1-D
+    empty tensors, as cat does (an empty key/value cache), where the output has more dims."""
     seq = ctx.arg(0, "tensors")
     if isinstance(seq, fx.Node):  # torch.cat(y.chunk(2, 1)): one node holding the whole tuple
         axes, values = ctx.axes(seq) or [], ctx.value(seq) or []
         return [(a or {}, v.shape) for a, v in zip(axes, values)]
     parts = [(ctx.axes(t) or {}, ctx.shape(t)) for t in seq]
-    nd = len(ctx.out_shape())  # legacy cat skips 1-D empty tensors (an empty key/value cache)
-    return [(a, s) for a, s in parts if not (len(s) == 1 and s[0] == 0 and nd > 1)]
+    nd = len(ctx.out_shape())
+    return [(a, s) for a, s in parts if not (legacy_empty and len(s) == 1 and s[0] == 0 and nd > 1)]
 
 
 def cat(ctx: RuleContext, node: fx.Node):
@@ -268,7 +270,7 @@ def _aligned(ctx: RuleContext, parts: list, out_shape, skip: int | None) -> dict
 
 
 def stack(ctx: RuleContext, node: fx.Node):
-    parts, out_shape = _tensor_list(ctx), ctx.out_shape()
+    parts, out_shape = _tensor_list(ctx, legacy_empty=False), ctx.out_shape()
     dim = ctx.arg(1, "dim", 0) % len(out_shape)
     inner = _aligned(ctx, parts, parts[0][1], None)
     return {(d if d < dim else d + 1): v for d, v in inner.items()}

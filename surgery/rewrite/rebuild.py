@@ -85,10 +85,10 @@ def rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, *, inpla
         _follow_head_counts(target, graph, removed, before)
         changed = _patched_graph(graph, removed)
         if changed is not None:
-            export = graph.front == "export"  # then the user's forward runs as is (verified)
+            export = graph.front != "fx"  # then the user's forward runs as is (verified)
             _follow_attributes(target, changed[1], before, _names_a_size if export else (lambda attr: True))
         _follow_widths(target, graph, removed, before)
-        if changed is None or graph.front == "export":
+        if changed is None or graph.front != "fx":
             return target
         result = _graph_module(model, target, changed[0], graph, warn=not inplace or new_object_ok)
         if inplace and not new_object_ok and result is not target:
