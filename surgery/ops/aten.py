@@ -14,7 +14,7 @@ from surgery.ops.elementwise import elementwise, passthrough
 from surgery.ops.context import RuleContext
 from surgery.ops.registry import register_function, register_op
 
-__all__ = ["ATEN_RULES", "slice_tensor", "select_int", "embedding_fn", "bookkeeping", "roi_pool"]
+__all__ = ["ATEN_RULES", "slice_tensor", "select_int", "embedding_fn", "bookkeeping", "roi_pool", "index_put"]
 
 aten = torch.ops.aten
 
@@ -86,6 +86,49 @@ def _softmax(ctx: RuleContext, node: fx.Node):
     return reductions.along_dim(ctx, node)
 
 
+_FILLS = {"zeros", "ones", "full", "empty", "new_zeros", "new_ones", "new_full", "new_empty", "zeros_like",
+          "ones_like", "full_like", "empty_like"}
+
+
+def _filled(node) -> bool:
+    """Whether ``node`` makes a tensor of one constant value (zeros, full, empty): its
+    channels are nobody's, and it can take those of what is written into it."""
+    return isinstance(node, fx.Node) and getattr(getattr(node.target, "overloadpacket", None),
+                                                 "__name__", None) in _FILLS
+
+
+def index_put(ctx: RuleContext, node: fx.Node):
+    """``aten.index_put(self, indices, values)`` (``self[idx] = values``): the indexed leading
+    dims are rows chosen by data (frozen if they hold channels); the other dims of ``self``
+    meet the values' trailing dims as in an elementwise op, except that a ``self`` made by a
+    constant fill (``torch.zeros``, as MultiScaleRoIAlign does) takes the values' channels."""
+    base, indices, values = node.args[0], node.args[1], node.args[2]
+    n, shape, axes = len(indices), ctx.shape(base), dict(ctx.axes(base) or {})
+    vshape, vaxes = ctx.shape(values), dict(ctx.axes(values) or {})
+    ctx.freeze_all({d: v for d, v in axes.items() if d < n}, "rows written by index")
+    if vshape is None:
+        return {d: v for d, v in axes.items() if d >= n}
+    out, lead = {}, len(vshape) - (len(shape) - n)
+    ctx.freeze_all({k: v for k, v in vaxes.items() if k < lead}, "written at rows chosen by index")
+    for d in range(n, len(shape)):
+        k = d - n + lead
+        mine, theirs = axes.get(d), vaxes.get(k) if k >= 0 else None
+        if k < 0 or vshape[k] != shape[d]:  # the values broadcast along this dim
+            if theirs is not None:
+                ctx.freeze(theirs, "a channel dimension is broadcast against a larger one")
+            if mine is not None:
+                out[d] = mine
+        elif mine is not None and theirs is not None:
+            ctx.unify(mine, theirs)
+            out[d] = mine
+        elif theirs is not None and _filled(base):
+            out[d] = theirs
+        elif (mine if mine is not None else theirs) is not None and shape[d] > 1:
+            ctx.freeze(mine if mine is not None else theirs, "written together with a tensor whose channels are "
+                                                             "not tracked")
+    return out
+
+
 def roi_pool(ctx: RuleContext, node: fx.Node):
     """``torchvision::roi_align/roi_pool(x[N, C, H, W], rois, ...)``: each box pools every
     channel on its own (output ``[boxes, C, h, w]``); roi_pool also returns per-channel argmax."""
@@ -124,6 +167,7 @@ ATEN_RULES = {
     slice_tensor: _ops("slice"),
     select_int: _ops("select"),
     index_tensor: _ops("index"),
+    index_put: _ops("index_put", "index_put_"),
     embedding_fn: _ops("embedding"),
     elementwise: _ops(*_ELEMENTWISE, *_in_place(_ELEMENTWISE)),
     passthrough: _ops(*_PER_VALUE, *_in_place(_PER_VALUE), *_SPATIAL,
