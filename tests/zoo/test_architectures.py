@@ -99,17 +99,18 @@ def test_convnext_keeps_its_class_and_layer_scale():
 
 
 def test_segmentation_models_keep_output_channels():
-    import detection_backbone
+    import detection
     for name in ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"):
-        result = detection_backbone.prune_segmenter(name)
+        result = detection.prune_segmenter(name)
         assert result["shapes"]["out"] == (1, 21, 128, 128)
         assert result["params"][1] < result["params"][0]
 
 
-def test_detection_backbone_recipe():
-    import detection_backbone
-    result = detection_backbone.prune_detector()
-    assert result["params"][1] < result["params"][0] and result["keys"] == ["boxes", "labels", "scores"]
+def test_detection_example_prunes_a_whole_detector():
+    import detection
+    result = detection.prune_detector()
+    assert result["params"][1] < 0.5 * result["params"][0] and result["keys"] == ["boxes", "labels", "scores"]
+    assert result["exact"] and result["type"].__name__ == "FasterRCNN"
 
 
 def test_custom_architecture_example_is_exact():
