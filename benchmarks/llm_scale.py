@@ -3,8 +3,9 @@
 For each shape (TinyLlama-1.1B, LLaMA-2-7B), writes a checkpoint with random weights in bf16
 (one shard per decoder block, written a block at a time) to a temporary folder, then in a child
 process runs ``surgery.blockwise.prune_checkpoint`` and reports wall time, peak resident memory
-(``ru_maxrss``, and the anonymous part sampled from /proc/self/status; the rest is pages of the
-memory-mapped shards), how many blocks were verified exact and the largest per-block error. In
+(``VmHWM``, the child's own high-water mark: ``ru_maxrss`` would count the parent's memory at the
+fork; and the anonymous part, sampled from /proc/self/status; the rest is pages of the
+memory-mapped shards and shared libraries), how many blocks were verified exact and the largest per-block error. In
 another child it loads the output with ``AutoModelForCausalLM.from_pretrained`` and generates
 8 tokens; for shapes under 2 B parameters it also compares the logits with the original's
 with the removed channels zeroed where they are read (o_proj and down_proj columns), float32.
@@ -46,6 +47,9 @@ threading.Thread(target=_sample, daemon=True).start()
 
 PRUNE = SAMPLER + r"""
 import json, resource, sys, time, warnings
+def _hwm_kb():  # this process's own peak RSS (ru_maxrss would include the parent's at fork)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
 import torch
 warnings.simplefilter("ignore")
 a = json.loads(sys.argv[1])
@@ -54,7 +58,7 @@ from surgery.blockwise import prune_checkpoint
 start = time.perf_counter()
 plan = prune_checkpoint(a["src"], a["out"], ratio=a["ratio"], head_ratio=a["head_ratio"], criterion=a["criterion"],
                         calibration=a["ids"], samples=a["samples"], seq_len=a["seq_len"], progress=False)
-print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_gb": _hwm_kb() / 2**20,
                   "peak_anon_gb": PEAK["RssAnon"], "captures": sum(b["captured"] for b in plan["blocks"]),
                   "exact_blocks": sum(b["exact"] for b in plan["blocks"]), "blocks": len(plan["blocks"]),
                   "max_error": max(b["max_error"] or 0.0 for b in plan["blocks"]), "config_changes": plan["config_changes"]}))
@@ -62,6 +66,9 @@ print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_gb": resourc
 
 LOAD = SAMPLER + r"""
 import json, resource, sys, time, warnings
+def _hwm_kb():  # this process's own peak RSS (ru_maxrss would include the parent's at fork)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
 import torch
 warnings.simplefilter("ignore")
 from transformers import AutoModelForCausalLM
@@ -85,7 +92,7 @@ with torch.no_grad():
         reference = original(input_ids=ids).logits
         result["relative_error_vs_masked"] = float((logits - reference).abs().max() / reference.abs().max())
 result.update(load_and_run_seconds=time.perf_counter() - start, finite=bool(torch.isfinite(logits).all()),
-              peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, peak_anon_gb=PEAK["RssAnon"])
+              peak_rss_gb=_hwm_kb() / 2**20, peak_anon_gb=PEAK["RssAnon"])
 print(json.dumps(result))
 """
 

@@ -15,6 +15,9 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, warnings, torch, torchvision, surgery
+def _hwm_kb():  # this process's own peak RSS (ru_maxrss would include the parent's at fork)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
 warnings.simplefilter("ignore")
 name, size, inplace, verify = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
 torch.manual_seed(0)
@@ -28,7 +31,7 @@ def rss():
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
 built = rss()
 small = surgery.prune(model, x, ratio=0.5, inplace=inplace, verify=verify)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = _hwm_kb() * 1024
 print(json.dumps({"model_bytes": model_bytes, "built": built, "peak": peak}))
 """
 

@@ -15,12 +15,15 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, time, warnings
+def _hwm_kb():  # this process's own peak RSS (ru_maxrss would include the parent's at fork)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
 import torch
 warnings.simplefilter("ignore")
 torch.set_num_threads(2)
 name = sys.argv[1]
 import surgery
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = _hwm_kb()
 if name == "llama-7b":
     import transformers as tf
     cfg = tf.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
@@ -40,11 +43,11 @@ else:
         with torch.device("meta"):
             model = torchvision.models.get_model(name, weights=None).eval()
     x, kw = torch.zeros(1, 3, 224, 224), {}
-built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+built = _hwm_kb()
 t0 = time.perf_counter()
 graph = surgery.trace(model, x, **kw)
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = _hwm_kb()
 print(json.dumps({"params": sum(p.numel() for p in model.parameters()), "seconds": seconds,
                   "groups": len(graph.prunable_groups), "extra_mb": (peak - built) / 1024,
                   "runtime_mb": built / 1024}))

@@ -20,6 +20,9 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, time, warnings, torch, transformers as tf, surgery
+def _hwm_kb():  # this process's own peak RSS (ru_maxrss would include the parent's at fork)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
 warnings.simplefilter("ignore")
 tf.logging.set_verbosity_error()
 family, inplace, verify = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
@@ -65,7 +68,7 @@ t0 = time.perf_counter()
 small = surgery.prune(model, x, ratio=0.5, attention="heads", tracer="export", inplace=inplace, verify=verify,
                       ignored_layers=[model.get_input_embeddings()])
 prune_s = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = _hwm_kb() * 1024
 after = getattr(small.config, "num_attention_heads", None) or small.config.n_head
 print(json.dumps(dict(trace_s=trace_s, prune_s=prune_s, params=params, kept=sum(p.numel() for p in small.parameters()),
                       heads=heads, heads_after=after, model_bytes=model_bytes, peak=peak)))

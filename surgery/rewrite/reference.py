@@ -61,9 +61,7 @@ class ReferenceRun:
 def masked_reference(model: nn.Module, graph: ChannelGraph, removed: np.ndarray,
                      dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of ``model`` (in ``dtype``) whose layers ignore the ``removed`` units."""
-    ref = copy.deepcopy(model)
-    if dtype is not None:
-        ref.to(dtype)
+    ref = copy.deepcopy(model, _cast_memo(model, dtype) if dtype is not None else None)
     kinds = {(s.name, s.role): s.kind for s in graph.slots}
     by_layer: dict = {}
     for (name, role), keep in keep_indices(graph, removed).items():
@@ -75,6 +73,19 @@ def masked_reference(model: nn.Module, graph: ChannelGraph, removed: np.ndarray,
         module = ref.get_submodule(name)
         handler_for(module).mask(module, roles.get("in"), roles.get("out"))
     return ref
+
+
+def _cast_memo(model: nn.Module, dtype: torch.dtype) -> dict:
+    """A deepcopy memo that copies every floating parameter and buffer straight into ``dtype``
+    (no copy in the model's own dtype first: a float64 reference of a float32 model costs 2x
+    its weights, not 3x); tensors shared by several modules stay shared."""
+    memo: dict = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in memo or not t.is_floating_point():
+            continue
+        data = t.detach().to(dtype, copy=True)
+        memo[id(t)] = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else data
+    return memo
 
 
 def _zero_param(root: nn.Module, name: str, dim: int, keep: np.ndarray) -> None:

@@ -10,7 +10,7 @@ per family (it needs them; we do not); its pruned model is run once on the same 
 its outputs compared with the original's with the removed channels' weights zeroed
 (``surgery.testing.max_error``).
 
-    python benchmarks/detectors.py [--models fasterrcnn_mobilenet_v3_large_320_fpn,...] [--min-size 320]
+    python benchmarks/detection.py [--models fasterrcnn_mobilenet_v3_large_320_fpn,...] [--min-size 320]
 """
 from __future__ import annotations
 
