@@ -12,6 +12,8 @@ the user's own modules: the pruned model keeps its class and methods.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 import warnings
 from typing import Any
@@ -53,8 +55,9 @@ def export_graph(model: nn.Module, example_inputs: Any, leaf_paths: set = frozen
     kwargs = dict(kwargs)
     if "use_cache" in _parameters(model) and "use_cache" not in kwargs:
         kwargs["use_cache"] = False  # a key/value cache is state, not a channel: leave it out
-    try:
-        with untouched(model), evaluating(model), torch.no_grad(), warnings.catch_warnings():
+    try:  # torch's export logs (a graph dump per data-dependent failure) go to stderr: kept quiet
+        with untouched(model), evaluating(model), torch.no_grad(), warnings.catch_warnings(), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.export.export(_Outputs(model), tuple(args), kwargs, strict=False)
     except Exception as err:

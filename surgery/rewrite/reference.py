@@ -9,7 +9,7 @@ the pruned model exists: the reference and the pruned model are never in memory 
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from surgery.capture import trace
+    >>> from surgery import trace
     >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     >>> graph = trace(net, torch.randn(2, 4))
     >>> ref = masked_reference(net, graph, graph.groups[0].units[:1], torch.float64)
