@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from surgery.core.inputs import tensor_at
 from surgery.ops.registry import handler_for
-from surgery.ops.context import Kind, RuleContext
+from surgery.ops.context import Kind, Role, RuleContext
 
 __all__ = ["couple_shared_tensors", "shared_owners", "retie"]
 
@@ -56,12 +56,35 @@ def couple_shared_tensors(ctx: RuleContext, gm: fx.GraphModule) -> None:
                 if {_owner_name(s) for s, d in entries if d == dim} != owners:
                     ctx.vars.freeze(slot.vars, f"'{slot.name}' shares a tensor with a layer whose channels along "
                                                f"that dim are not tracked (tied weights)")
+    _freeze_untracked_sides(ctx, gm)
     for tid, entries in unknown.items():
         names = {slot.name for slot, _ in entries + by_tensor.get(tid, [])}
         if tid in shared or len(names) > 1:  # several layers index it: a tie we cannot describe
             for slot, _ in entries:
                 ctx.vars.freeze(slot.vars, f"'{slot.name}' shares a tensor (tied weights) in a layout the "
                                            f"engine cannot follow")
+
+
+def _freeze_untracked_sides(ctx: RuleContext, gm: fx.GraphModule) -> None:
+    """A layer's weight also read directly (``self.conv.weight.dtype``, a weight reused in
+    another op) gets a slot per dim. Along a dim that is the layer's input (or output) side,
+    the layer must follow; when the graph gave the layer no slot for that side (it reads a
+    tensor whose channels are not tracked, such as positions computed in forward), the dim
+    cannot be pruned."""
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for slot in [s for s in ctx.slots.values() if s.kind == Kind.PARAM]:
+        owner, _, attr = slot.name.rpartition(".")
+        if owner not in called:
+            continue
+        module = gm.get_submodule(owner)
+        for side in ("in", "out"):
+            try:
+                dims = handler_for(module).tensor_dims(module, Role(side)) or []
+            except (TypeError, AttributeError):
+                continue
+            if (attr, slot.role.dim) in dims and (owner, side) not in ctx.slots:
+                ctx.vars.freeze(slot.vars, f"'{slot.name}' is read directly, and along dim {slot.role.dim} it is "
+                                           f"the {side}put side of '{owner}', whose {side}put channels are not tracked")
 
 
 def _owner_name(slot) -> str:

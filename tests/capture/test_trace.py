@@ -96,3 +96,30 @@ def test_model_input_added_to_conv_output_is_frozen():
 
     g = surgery.trace(M(), torch.randn(1, 3, 4, 4))
     assert "untracked" in g.groups_of("a")[0].reason or "not tracked" in g.groups_of("a")[0].reason
+
+
+class Positions(nn.Module):
+    """Adds a projection of positions computed in forward, reading the projection's dtype from
+    its weight (timm's XCiT and EdgeNeXt do this)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.proj = nn.Conv2d(6, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        grid = torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w)
+        pos = torch.cat([grid.sin(), grid.cos(), grid * 0.1, grid.sqrt(), grid.tanh(), grid * 0.01], 1)
+        return self.head(self.stem(x) + self.proj(pos.to(self.proj.weight.dtype)))
+
+
+def test_a_weight_read_directly_keeps_the_side_its_layer_does_not_track():
+    from support.oracle import prepared, prune_exact
+    model = prepared(Positions())
+    graph = surgery.trace(model, torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    side = next(g for g in graph.groups if {(m.name, m.role) for m in g.members} == {("proj.weight", "dim1")})
+    assert not side.prunable and "input side of 'proj'" in side.reason
+    small = prune_exact(model, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    assert small.proj.in_channels == 6 and small.proj.out_channels < 8
