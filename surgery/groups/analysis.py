@@ -31,19 +31,29 @@ def analyse(gm: fx.GraphModule, attention: str = "dims") -> RuleContext:
 
 def _freeze_sizes_used_as_values(ctx: RuleContext, size: fx.Node) -> None:
     """A size read at run time from a tracked dim (``x.size(1)``, ``x.numel()``, ``x.shape[-1]``)
-    changes value when channels go; a read of other dims (``x.shape[-2:]``) does not. Through reshape sizes it is followed (shape_ops); when it
-    reaches any other tensor (``y / x.size(1)``, ``q * x.shape[-1] ** -0.5``) the dim is frozen."""
+    changes value when channels go; a read of other dims (``x.shape[-2:]``) does not. Through
+    reshape sizes it is followed (shape_ops); when it reaches any other tensor (``y / x.size(1)``,
+    ``q * x.shape[-1] ** -0.5``) the dim is frozen. A size computed from it (``C // heads``) is
+    followed only into a reshape of the tensor it was read from (a channel shuffle); in a
+    reshape of another tensor (``v.reshape(B, heads, C // heads, ...)``) both are frozen."""
     src, dim = size.meta[SIZE_OF]
     axes = ctx.axes(src) or {}
     dims = list(axes) if dim is None else [dim] if isinstance(dim, int) else list(dim)
     tracked = [axes[d] for d in dims if d in axes]  # a read of H or W says nothing about channels
-    if not tracked or not _reaches_a_value(ctx, size, set()):
+    others: list = []
+    if not tracked or not _reaches_a_value(ctx, size, set(), src, False, others):
         return
     for v in tracked:
         ctx.freeze(v, f"its size is read at run time ('{size.name}') and used as a value")
+    for reshaped in others:
+        ctx.freeze_all(ctx.axes(reshaped), f"reshaped with a size computed from another tensor's channel count "
+                                            f"('{size.name}')")
 
 
-def _reaches_a_value(ctx: RuleContext, node: fx.Node, seen: set) -> bool:
+def _reaches_a_value(ctx: RuleContext, node: fx.Node, seen: set, src: fx.Node, derived: bool,
+                     others: list) -> bool:
+    """Whether the size ``node`` (read from ``src``) reaches a tensor as a value; reshapes of
+    other tensors that a computed size reaches go into ``others``."""
     for user in node.users:
         if user in seen or user.op == "output" or SIZE_OF in user.meta:
             continue  # outputs freeze on their own; other size nodes are checked themselves
@@ -51,7 +61,10 @@ def _reaches_a_value(ctx: RuleContext, node: fx.Node, seen: set) -> bool:
         if isinstance(ctx.value(user), TensorMeta):
             if not (user.target in SIZE_TAKERS and node not in user.args[:1]):
                 return True
-        elif _reaches_a_value(ctx, user, seen):
+            if derived and user.args[0] is not src:
+                others.append(user.args[0])
+                return True
+        elif _reaches_a_value(ctx, user, seen, src, True, others):
             return True
     return False
 

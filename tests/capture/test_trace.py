@@ -123,3 +123,34 @@ def test_a_weight_read_directly_keeps_the_side_its_layer_does_not_track():
     assert not side.prunable and "input side of 'proj'" in side.reason
     small = prune_exact(model, torch.randn(2, 3, 8, 8, dtype=torch.float64))
     assert small.proj.in_channels == 6 and small.proj.out_channels < 8
+
+
+class OutlookLike(nn.Module):
+    """Reshapes one tensor with a size computed from another's channel count (VOLO's
+    ``v.reshape(B, heads, C // heads, ...)`` with ``C`` read from the block input)."""
+
+    def __init__(self, dim=12, heads=3):
+        super().__init__()
+        self.heads = heads
+        self.inp, self.v, self.proj = nn.Linear(4, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 16), nn.ReLU(), nn.Linear(16, dim))
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        x = self.inp(x)
+        B, N, C = x.shape
+        v = self.v(x).transpose(1, 2).reshape(B, self.heads, C // self.heads, N)
+        y = v.softmax(-1).reshape(B, C, N).transpose(1, 2)
+        x = x + self.proj(y)
+        return self.head(x + self.mlp(x))
+
+
+def test_a_size_computed_from_another_tensor_freezes_both_and_stays_exact():
+    from support.oracle import prepared, prune_exact
+    model = prepared(OutlookLike())
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    graph = surgery.trace(model, x)
+    v_out = next(g for g in graph.groups if ("v", "out") in {(m.name, m.role) for m in g.members})
+    assert not v_out.prunable
+    small = prune_exact(model, x)
+    assert small.mlp[0].out_features < 16 and small.v.out_features == 12
