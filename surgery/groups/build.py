@@ -42,7 +42,9 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
         tracer: ``"fx"`` (torch.fx symbolic tracing; shapes on the meta device),
             ``"export"`` (``torch.export.export(strict=False)``: an aten-level graph with
             fake-tensor shapes; for models fx cannot trace, Hugging Face transformers
-            among them) or ``"auto"`` (fx first, export when fx fails).
+            among them), ``"run"`` (the aten ops one forward on the example inputs runs,
+            for models whose forward branches on data, such as detectors) or ``"auto"``
+            (fx, then export, then run, each when the one before fails).
 
     Example:
         >>> import torch, torchvision, surgery
