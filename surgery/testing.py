@@ -31,7 +31,7 @@ from surgery.core.errors import ArgumentError
 from surgery.core.inputs import as_inputs, evaluating, flat_tensors
 from surgery.core.metrics import count_params
 
-__all__ = ["randomize", "kept_indices", "zeroed_reference", "max_error", "assert_exact"]
+__all__ = ["randomize", "kept_indices", "zeroed_reference", "max_error", "assert_exact", "unmatched_detections"]
 
 _CONV = nn.modules.conv._ConvNd
 _CONVT = nn.modules.conv._ConvTransposeNd
@@ -156,3 +156,39 @@ def assert_exact(original: nn.Module, pruned: nn.Module, example_inputs: Any, *,
     if not err < tol:
         raise AssertionError(f"pruned output differs from the zeroed original by {err:.3g} (tolerance {tol:g})")
     return err
+
+
+def unmatched_detections(want: dict, got: dict, *, box_tol: float = 0.05, score_tol: float = 1e-5) -> int:
+    """How many detections of ``want`` have no equal one in ``got``, in any order.
+
+    Both are a detector's output for one image: ``{"boxes": (N, 4), "scores": (N,),
+    "labels": (N,)}`` as tensors or numpy arrays (an onnxruntime run gives arrays). Two
+    runtimes (torch and onnxruntime, say) round differently, and detections whose scores
+    tie within that rounding come out in a different order; comparing position by position
+    would call that a difference. Each detection of ``want`` is matched to an unused one of
+    ``got`` with the same label, a score within ``score_tol`` and every box corner within
+    ``box_tol`` (pixels). A count of 0 with equal lengths means the same detections.
+
+    Example:
+        >>> import torch
+        >>> a = {"boxes": torch.tensor([[0., 0, 4, 4], [1, 1, 5, 5]]), "scores": torch.tensor([.5, .5]),
+        ...      "labels": torch.tensor([1, 1])}
+        >>> b = {k: v.flip(0) for k, v in a.items()}
+        >>> unmatched_detections(a, b)
+        0
+    """
+    import numpy as np
+    arrays = [[np.asarray(d[k].detach() if isinstance(d[k], torch.Tensor) else d[k], dtype=np.float64)
+               for k in ("boxes", "scores", "labels")] for d in (want, got)]
+    (boxes, scores, labels), (other_boxes, other_scores, other_labels) = arrays
+    free = np.ones(len(other_scores), dtype=bool)
+    missing = 0
+    for box, score, label in zip(boxes, scores, labels):
+        near = (free & (other_labels == label) & (np.abs(other_scores - score) <= score_tol)
+                & (np.abs(other_boxes - box).max(axis=1, initial=0.0) <= box_tol))
+        hits = np.flatnonzero(near)
+        if len(hits):
+            free[hits[np.abs(other_boxes[hits] - box).max(axis=1).argmin()]] = False
+        else:
+            missing += 1
+    return missing

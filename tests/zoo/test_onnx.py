@@ -1,5 +1,5 @@
-"""ONNX as an output: a pruned classifier exports with torch.onnx and runs in onnxruntime with
-the pruned model's outputs (YOLO's own export is in test_ultralytics.py)."""
+"""ONNX as an output: a pruned classifier and a pruned whole detector export with torch.onnx and
+run in onnxruntime with the pruned model's outputs (YOLO's own export is in test_ultralytics.py)."""
 import warnings
 
 import numpy as np
@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 import surgery
+from surgery.testing import randomize, unmatched_detections
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -32,3 +33,27 @@ def test_a_pruned_classifier_exports_to_onnx_and_matches(tmp_path, name):
         want = small(other).numpy()
     assert got.shape == want.shape == (3, 1000)
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_a_pruned_detector_exports_to_onnx_and_finds_the_same_detections(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=5).eval()
+    randomize(model, seed=0)  # random BN statistics: channels differ, so pruning them is visible
+    image = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(1))
+    small = surgery.prune(model, ([image],), ratio=0.5, tracer="run")
+    assert type(small) is type(model)
+    path, whole = tmp_path / "small.onnx", tmp_path / "whole.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for net, file in ((small, path), (model, whole)):
+            torch.onnx.export(net, ([image],), str(file), opset_version=17, dynamo=False, input_names=["image"])
+    assert path.stat().st_size < 0.4 * whole.stat().st_size
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    other = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        (want,), (before,) = small([other]), model([other])
+    got = dict(zip(want, session.run(None, {"image": other.numpy()})))  # outputs in the dict's order
+    assert len(want["scores"]) == len(got["scores"]) > 50
+    assert unmatched_detections(want, got) == 0
+    assert unmatched_detections(before, got) > 50  # the comparison tells models apart
