@@ -62,9 +62,19 @@ def linear_fn(ctx: RuleContext, node: fx.Node):
     out = {d: v for d, v in x.items() if d != last}
     if 0 in w_axes:
         out[last] = w_axes[0]
-        if b and 0 in b[0]:
-            ctx.unify(w_axes[0], b[0][0])
+    _bias_follows_weight(ctx, w_axes, b)
     return out
+
+
+def _bias_follows_weight(ctx: RuleContext, w_axes: dict, b) -> None:
+    """The bias's channels are the weight's rows: one variable, or frozen when the weight
+    comes from an op without a rule (its rows cannot be sliced, so neither can the bias)."""
+    if not b or 0 not in b[0]:
+        return
+    if 0 in w_axes:
+        ctx.unify(w_axes[0], b[0][0])
+    else:
+        ctx.freeze(b[0][0], "bias of a weight computed by an op without a channel rule")
 
 
 def conv_fn(ctx: RuleContext, node: fx.Node):
@@ -74,15 +84,17 @@ def conv_fn(ctx: RuleContext, node: fx.Node):
     groups = ctx.arg(6, "groups", 1)
     w_axes = w[0] if w else {}
     if groups != 1 or not w:
-        ctx.freeze_all([x, w_axes], "functional grouped conv")
+        b = _operand(ctx, ctx.arg(2, "bias"))
+        ctx.freeze_all([x, w_axes, b[0] if b else {}], "functional grouped conv")
         return {}
     out = linear_fn_like(ctx, x.get(1), w_axes)
-    b = _operand(ctx, ctx.arg(2, "bias"))
-    if b and 0 in b[0] and 0 in w_axes:
-        ctx.unify(w_axes[0], b[0][0])
+    _bias_follows_weight(ctx, w_axes, _operand(ctx, ctx.arg(2, "bias")))
     for d, v in x.items():
         if d != 1:
             ctx.freeze(v, "conv over a channel dim")
+    for d, v in w_axes.items():
+        if d >= 2:
+            ctx.freeze(v, "a conv kernel's spatial dim")
     return out
 
 
@@ -106,6 +118,10 @@ def batch_norm_fn(ctx: RuleContext, node: fx.Node):
                 ctx.unify(x[1], p[0][0])
             else:
                 ctx.freeze(p[0][0], "per-channel statistics of an untracked tensor")
+    if ctx.arg(5, "training", False) is not False:  # batch statistics: the other dims are averaged over
+        for d, v in x.items():  # (weight standardisation reshapes a weight so its fan-in is one of them)
+            if d != 1:
+                ctx.mark_norm(v, "F.batch_norm with batch statistics")
     return out
 
 

@@ -187,6 +187,33 @@ def reshape(ctx: RuleContext, node: fx.Node):
 
 register_method("view", "reshape", "flatten", "squeeze", "unsqueeze", "squeeze_",
                      "unsqueeze_", "unflatten")(reshape)
+
+
+def _sized_by(ctx: RuleContext, out: dict, other_axes: dict, dims) -> None:
+    """Output dims whose sizes are read from another tensor (``x.reshape_as(y)``) stay equal
+    to that tensor's dims: one variable each, or both frozen when only one side is tracked."""
+    for d in dims:
+        v, ov = out.get(d), other_axes.get(d)
+        if v is not None and ov is not None and len(v) == len(ov):
+            ctx.unify(v, ov)
+        elif v is not None or ov is not None:
+            ctx.freeze_all([{0: v} if v is not None else {}, {0: ov} if ov is not None else {}],
+                           "its size is read from another tensor whose channels are not tracked along it")
+
+
+def reshape_as(ctx: RuleContext, node: fx.Node):
+    """``x.reshape_as(y)`` / ``x.view_as(y)``: a reshape to ``y``'s shape, read when it runs."""
+    x, other = node.args[0], node.args[1]
+    axes, in_shape, out_shape = ctx.axes(x) or {}, ctx.shape(x), ctx.out_shape()
+    if out_shape is None or in_shape is None:
+        ctx.freeze_all([axes, ctx.axes(other) or {}], "reshape without tensor shapes")
+        return None
+    out = reshape_axes(ctx, in_shape, axes, out_shape)
+    _sized_by(ctx, out, ctx.axes(other) or {}, range(len(out_shape)))
+    return out
+
+
+register_method("reshape_as", "view_as")(reshape_as)
 register_function(torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze)(reshape)
 
 
@@ -442,6 +469,11 @@ def expand(ctx: RuleContext, node: fx.Node):
             out[d + lead] = v
         else:
             ctx.freeze(v, "expand changes a channel dimension")
+    if node.target == "expand_as":  # sizes read from the other tensor when it runs
+        other = ctx.axes(node.args[1]) or {}
+        spread = [d for d in range(len(out_shape)) if d < lead or (in_shape[d - lead] == 1 and out_shape[d] > 1)]
+        out.update({d: other[d] for d in spread if d in other})
+        _sized_by(ctx, out, other, [d for d in range(len(out_shape)) if d not in spread])
     copies = {}
     if ctx.split_heads():  # the one key/value head copied for every query head (MQA): a variable
         copies = {d: ctx.fresh(out_shape[d]) for d in range(lead, len(out_shape))  # per copy, so

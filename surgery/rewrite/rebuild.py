@@ -383,10 +383,22 @@ def _follow_attributes(target: nn.Module, edits: list, before: dict, wanted_attr
             module = target.get_submodule(owner)
         except AttributeError:
             continue
+        own = _handled_attributes(module)
         for attr in list(vars(module)):  # values from before any edit: 4 -> 2 and 2 -> 1 never chain
             value = before.get((owner, attr))
-            if value in new_of and wanted_attr(attr):
+            if value in new_of and wanted_attr(attr) and attr not in own:
                 setattr(module, attr, new_of[value])
+
+
+def _handled_attributes(module: nn.Module) -> set:
+    """The int attributes a handler already set (a Conv2d subclass's ``in_channels`` when the
+    literal that changed was its ``out_channels``): those of a layer with a handler that the
+    subclass's own code never uses as a size."""
+    try:
+        handler_for(module)
+    except TypeError:
+        return set()
+    return {attr for attr, value in vars(module).items() if type(value) is int} - size_attributes(type(module))
 
 
 def _set_path(obj, path: tuple, value):

@@ -2,6 +2,8 @@
 import pytest
 import torch
 import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
 
 import surgery
 from support.oracle import prune_exact, prepared, prune_quiet
@@ -87,3 +89,42 @@ def test_reading_height_and_width_leaves_channels_prunable_and_reading_channels_
     g = surgery.trace(_PooledBranch(read_channels=True).double(), x)
     frozen = [grp for grp in g.groups if grp.size == 8 and not grp.prunable]
     assert frozen and "used as a value" in frozen[0].reason
+
+
+class StandardizedConv(nn.Conv2d):
+    """Weight standardisation as timm's ScaledStdConv2d does it: each output row normalised
+    over its fan-in by F.batch_norm with batch statistics."""
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+                         momentum=0.0, eps=1e-5).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_weight_standardisation_prunes_as_a_normalisation_over_channels(x32):
+    m = prepared(nn.Sequential(StandardizedConv(3, 10, 3, padding=1), nn.ReLU(), StandardizedConv(10, 10, 1),
+                               nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 5)))
+    with pytest.warns(UserWarning, match="batch statistics"):
+        p = surgery.prune(m, x32, ratio=0.5)
+    assert p[0].out_channels == p[2].in_channels == p[2].weight.shape[1] == 5  # a 1x1 kernel's fan-in is the
+    assert not p.surgery_verification.exact and p(x32).shape == m(x32).shape  # standardised dim: not exact
+
+
+class RotatedKernelConv(nn.Conv2d):
+    """A weight made by an op with no channel rule: its rows, and so its bias, cannot be sliced."""
+    def forward(self, x):
+        return F.conv2d(x, torch.rot90(self.weight, 1, (2, 3)), self.bias, self.stride, self.padding)
+
+
+def test_the_bias_of_a_weight_no_rule_can_slice_stays_whole(x32):
+    m = prepared(nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.ReLU(), RotatedKernelConv(10, 10, 3, padding=1),
+                               nn.ReLU(), nn.Conv2d(10, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(8, 5)))
+    p = prune_exact(m, x32)
+    assert p[2].bias.shape == (10,) and p[4].out_channels == 4
+
+
+def test_a_layer_subclass_keeps_the_attributes_its_handler_set(x32):
+    m = prepared(nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.ReLU(), StandardizedConv(10, 10, 3, padding=1),
+                               nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 5)))
+    p = prune_quiet(m, x32, ratio=0.5)  # the literal out_channels (10 -> 5) in its forward is not in_channels
+    assert p[2].in_channels == p[2].weight.shape[1] == 10 and p[2].out_channels == p[2].weight.shape[0] == 5

@@ -159,6 +159,7 @@ METHOD_CALLS = {
     "transpose": lambda y: y.transpose(2, 3), "swapaxes": lambda y: y.swapaxes(2, 3),
     "t": lambda y: y.mean((2, 3)).t().t(), "movedim": lambda y: y.movedim(1, 3).movedim(3, 1),
     "contiguous": lambda y: y.contiguous(), "expand_as": lambda y: y.mean((2, 3), keepdim=True).expand_as(y),
+    "reshape_as": lambda y: y.flatten(2).reshape_as(y), "view_as": lambda y: y.flatten(2).view_as(y),
     "expand": lambda y: y.mean((2, 3), keepdim=True).expand(2, 8, 8, 8), "repeat": lambda y: y.repeat(1, 1, 2, 1),
     "split": lambda y: y.split([3, 5], 1)[1], "chunk": lambda y: y.chunk(2, 1)[0], "narrow": lambda y: y.narrow(1, 2, 5),
     "size": lambda y: y.reshape(y.size(0), y.size(1), -1), "dim": lambda y: y * y.dim(),

@@ -264,6 +264,20 @@ class ParamMatmul(nn.Module):
         return self.fc(F.relu(y @ self.w))
 
 
+class ShapedAs(nn.Module):
+    """reshape_as / view_as / expand_as: sizes read from another tracked tensor when it runs."""
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 10), cbr(10, 10)
+        self.head = Head(10)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = y.flatten(2).reshape_as(y)
+        gate = torch.sigmoid(y.mean((2, 3), keepdim=True)).expand_as(y)
+        return self.head(self.b(z * gate).view_as(y) + y)
+
+
 class Embed(nn.Module):
     """Embedding -> Linear over the embedding dim."""
     def __init__(self):
@@ -286,4 +300,4 @@ class LayerNormMLP(nn.Module):
 
 
 IMAGE_MODELS = [Activations, Elementwise, SqueezeExcite, Concat, SplitChunk, FlattenLinear, Permutes,
-                Reductions, Convs, Norms, RawParams, Shuffle, ShuffleModule, LiteralReshape, ParamMatmul]
+                Reductions, Convs, Norms, RawParams, Shuffle, ShuffleModule, LiteralReshape, ParamMatmul, ShapedAs]
