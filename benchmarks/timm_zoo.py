@@ -1,5 +1,5 @@
-"""Prunability of every timm family: the smallest fx-traceable model of each module that
-registers models, random weights, float64, ``surgery.prune(model, x, ratio=0.5)`` with no
+"""Prunability of every timm family: the smallest model of each module that registers models
+that ``surgery.trace`` captures with its default tracer (torch.fx, torch.export, a recorded run), random weights, float64, ``surgery.prune(model, x, ratio=0.5)`` with no
 options, as a new user would call it. Run through ``benchmarks/prunability.py --zoo timm``.
 
 Outcome per family:
@@ -8,7 +8,7 @@ Outcome per family:
   norm         pruned through a normalisation over channels (LayerNorm, ...): inexact by
                design, warned, output shapes verified
   refused      surgery raised a named error before handing back a model (model untouched)
-  untraceable  torch.fx cannot trace any of the family's three smallest models
+  untraceable  no front end captures any of the family's three smallest models
   WRONG        a model came back and the independent oracle disagrees: silently wrong
   nothing      traced and verified, but every channel group is frozen
 Each model runs in its own process (a crash or a hang cannot take the table down).

@@ -128,6 +128,10 @@ class Recorder(fx.Interpreter):
     """Runs the graph and stores each node's value summary in ``node.meta``; a failing node
     raises :class:`ShapeError` naming it and the input shapes."""
 
+    def __init__(self, module: nn.Module, *, graph: fx.Graph | None = None, record: bool = True) -> None:
+        super().__init__(module, graph=graph)
+        self.record = record  # False: run only, leave node.meta as it is
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().run(*args, **kwargs)
@@ -147,7 +151,8 @@ class Recorder(fx.Interpreter):
                 f"on the example inputs failed with input shapes {shapes}: {err}\n"
                 "Fix: pass example_inputs with the shapes, dtypes and device that the "
                 "model's forward expects (e.g. torch.randn(1, 3, 224, 224)).") from err
-        n.meta[VALUE_KEY] = _summary(result)
+        if self.record:
+            n.meta[VALUE_KEY] = _summary(result)
         return result
 
     def args_of(self, n: fx.Node) -> list:
@@ -155,10 +160,10 @@ class Recorder(fx.Interpreter):
         return list(args) + list(kwargs.values())
 
 
-def placeholder_args(gm: fx.GraphModule, example_inputs: Any) -> tuple:
+def placeholder_args(graph: fx.Graph, example_inputs: Any) -> tuple:
     """The example inputs as the graph's positional placeholders (defaults filled in)."""
     args, kwargs = as_inputs(example_inputs)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     if kwargs:
         unknown = sorted(set(kwargs) - {p.target for p in placeholders})
         if unknown:
@@ -172,7 +177,7 @@ def placeholder_args(gm: fx.GraphModule, example_inputs: Any) -> tuple:
 
 def propagate(gm: fx.GraphModule, example_inputs: Any) -> None:
     """Run ``gm`` once on the inputs (real tensors) and record value summaries; restores train/eval."""
-    args = placeholder_args(gm, example_inputs)
+    args = placeholder_args(gm.graph, example_inputs)
     with evaluating(gm), torch.no_grad():
         Recorder(gm).run(*args)
 

@@ -42,7 +42,7 @@ class NeedsValues(Exception):
 def propagate_meta(gm: fx.GraphModule, example_inputs: Any) -> None:
     """Record every node's value summary (shape and dtype for tensors) from a run on the meta
     device, as :func:`surgery.capture.fx.propagate` does from a real one."""
-    args = placeholder_args(gm, example_inputs)
+    args = placeholder_args(gm.graph, example_inputs)
     with on_meta(gm), evaluating(gm), torch.no_grad():
         try:
             _MetaRecorder(gm).run(*[_meta(a) for a in args])
@@ -55,21 +55,16 @@ def run_meta(model: nn.Module, example_inputs: Any, graph: fx.Graph | None = Non
     meta device: through ``graph`` (one traced from the model before an edit that kept its
     structure: no new trace) or its own fx graph, with the shape formulas, else its own
     forward. :class:`NeedsValues` when it reads values."""
-    gm = None
-    if graph is not None:
+    if graph is None:
         try:
-            gm = fx.GraphModule(model, graph)
+            graph = symbolic_trace(model).graph
         except Exception:
-            gm = None
-    if gm is None:
-        try:
-            gm = symbolic_trace(model)
-        except Exception:
-            gm = None
+            graph = None
     with on_meta(model), evaluating(model), torch.no_grad():
         try:
-            if gm is not None:
-                return _MetaRecorder(gm).run(*[_meta(a) for a in placeholder_args(gm, example_inputs)])
+            if graph is not None:  # run over the model itself: no GraphModule to build, no node.meta written
+                runner = _MetaRecorder(model, graph=graph, record=False)
+                return runner.run(*[_meta(a) for a in placeholder_args(graph, example_inputs)])
             args, kwargs = as_inputs(example_inputs)
             return model(*_meta(args), **_meta(kwargs))
         except Exception as err:

@@ -1,7 +1,6 @@
 """Channel groups: coupled units of channel variables, and the ChannelGraph that holds them."""
 from __future__ import annotations
 
-from collections import defaultdict
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,30 +153,80 @@ class ChannelGraph:
 
 
 def build_groups(ctx: RuleContext) -> tuple[list, np.ndarray]:
-    """Units are union-find roots; units touching the same slots form one group."""
+    """Units are union-find roots; units touching the same slots form one group.
+
+    Vectorised: each unit's set of slots is summarised by a sum of random 64-bit keys, and
+    the grouping is then checked exactly (every unit of a group touches exactly the group's
+    slots), falling back to comparing the sets themselves on a collision."""
     roots = ctx.vars.roots()
     frozen = ctx.vars.frozen_roots(roots)
     slots = list(ctx.slots.values())
     slot_roots = [roots[s.vars] for s in slots]
-    touching: dict = defaultdict(list)
-    for si, r in enumerate(slot_roots):
-        for u in np.unique(r).tolist():
-            touching[u].append(si)
-    by_sig: dict = defaultdict(list)
-    for u, sl in touching.items():
-        by_sig[(tuple(sl), u in frozen)].append(u)
-    head_roots = set(roots[np.concatenate(ctx.head_vars)].tolist()) if ctx.head_vars else set()
+    unit, slot_of = _incidence(slot_roots)
+    first = np.flatnonzero(np.diff(unit, prepend=-1))  # the pairs are sorted by unit
+    units, counts = unit[first], np.diff(np.append(first, len(unit)))
+    is_frozen = np.isin(units, np.fromiter(frozen, dtype=np.int64, count=len(frozen)))
+    label = _signature_labels(slot_of, first, counts, is_frozen, len(slots))
+    head_roots = np.unique(roots[np.concatenate(ctx.head_vars)]) if ctx.head_vars else None
     notes = [(set(roots[v].tolist()), why) for v, why in ctx.notes]
+    order = np.argsort(label, kind="stable")  # units by group label, ascending within one
+    bounds = np.flatnonzero(np.diff(label[order])) + 1
+    found = []
+    for members in np.split(order, bounds):
+        sig = tuple(slot_of[first[members[0]]:first[members[0]] + counts[members[0]]].tolist())
+        found.append((sig, bool(is_frozen[members[0]]), units[members]))
     groups = []
-    for (sig, is_frozen), units in sorted(by_sig.items(), key=lambda kv: (kv[0][0], min(kv[1]))):
-        units = np.array(sorted(units), dtype=np.int64)
-        members = [_member(slots[si], slot_roots[si], units) for si in sig]
-        reason = next((frozen[u] for u in units.tolist() if u in frozen), None)
-        if reason is not None:
-            reason = "; ".join([reason] + sorted({why for roots_, why in notes if roots_ & set(units.tolist())}))
-        heads = bool(head_roots) and all(u in head_roots for u in units.tolist())
-        groups.append(Group(len(groups), units, members, not is_frozen, reason, heads))
+    for sig, frozen_group, group_units in sorted(found, key=lambda f: (f[0], int(f[2][0]))):
+        members = [_member(slots[si], slot_roots[si], group_units) for si in sig]
+        reason = None
+        if frozen_group:
+            unit_set = set(group_units.tolist())
+            reason = "; ".join([frozen[int(group_units[0])]] + sorted({why for r, why in notes if r & unit_set}))
+        heads = head_roots is not None and bool(np.isin(group_units, head_roots).all())
+        groups.append(Group(len(groups), group_units, members, not frozen_group, reason, heads))
     return groups, roots
+
+
+def _incidence(slot_roots: list) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct (unit, slot) pair, sorted by unit then slot: two aligned arrays."""
+    n = max(len(slot_roots), 1)
+    pairs = np.sort(np.concatenate([r.astype(np.int64) * n + i for i, r in enumerate(slot_roots)]
+                                   or [np.zeros(0, dtype=np.int64)]))
+    pairs = pairs[np.diff(pairs, prepend=-1) != 0]
+    return pairs // n, pairs % n
+
+
+def _signature_labels(slot_of: np.ndarray, first: np.ndarray, counts: np.ndarray, is_frozen: np.ndarray,
+                      n_slots: int) -> np.ndarray:
+    """One label per unit: equal labels exactly when two units touch the same slots and are
+    both frozen or both not."""
+    keys = np.random.default_rng(0).integers(0, 2 ** 63, size=n_slots, dtype=np.uint64)
+    sums = np.add.reduceat(keys[slot_of], first) if len(first) else np.zeros(0, dtype=np.uint64)
+    columns = (is_frozen.astype(np.int64), counts, sums.view(np.int64))
+    order = np.lexsort(columns)
+    step = np.zeros(len(order), dtype=np.int64)
+    for column in columns:
+        step[1:] |= column[order][1:] != column[order][:-1]
+    label = np.empty(len(order), dtype=np.int64)
+    label[order] = np.cumsum(step)
+    if _exact(slot_of, first, counts, label):
+        return label
+    sigs = [tuple(slot_of[f:f + c].tolist()) + (bool(z),) for f, c, z in zip(first, counts, is_frozen)]
+    index: dict = {}
+    return np.array([index.setdefault(s, len(index)) for s in sigs], dtype=np.int64)
+
+
+def _exact(slot_of: np.ndarray, first: np.ndarray, counts: np.ndarray, label: np.ndarray) -> bool:
+    """True when every unit's slots equal those of the first unit with its label (no key-sum
+    collision): units of one label have one count, so comparing slot by slot suffices."""
+    if not len(label):
+        return True
+    _, rep = np.unique(label, return_index=True)
+    rep_of = rep[label]
+    if not np.array_equal(counts, counts[rep_of]):
+        return False
+    offsets = np.arange(len(slot_of)) - np.repeat(first, counts)
+    return bool(np.array_equal(slot_of, slot_of[np.repeat(first[rep_of], counts) + offsets]))
 
 
 def _member(slot, slot_roots: np.ndarray, units: np.ndarray) -> Member:

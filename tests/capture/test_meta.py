@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 import surgery
 from models import create
@@ -79,3 +80,21 @@ def test_a_model_built_on_the_meta_device_is_traced_without_allocating():
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert graph.prunable_groups and all(p.is_meta for p in model.parameters())
     assert grown_mb < 600, f"peak resident memory grew by {grown_mb:.0f} MB"  # the weights would be 2.6 GB
+
+
+def test_the_shape_check_after_a_rewrite_compares_with_the_traced_shapes():
+    import copy
+    from surgery.capture.fx import VALUE_KEY
+    from surgery.core.errors import VerificationError
+    from surgery.rewrite.rebuild import rewrite
+    from surgery.rewrite.verify import check_output_shapes
+    model, x = torchvision.models.resnet18().eval(), torch.randn(1, 3, 64, 64)
+    graph = surgery.trace(model, x)
+    conv = next(n for n in graph.gm.graph.nodes if n.name == "layer1_0_conv1")
+    pruned = rewrite(model, graph, graph.groups_of("layer1.0.conv1")[0].units[:32])
+    check_output_shapes(graph, pruned, x)  # the pruned model's outputs keep their shapes
+    assert conv.meta[VALUE_KEY].shape[1] == 64  # and the traced graph still holds the original's
+    broken = copy.deepcopy(pruned)
+    broken.fc = torch.nn.Linear(512, 7)
+    with pytest.raises(VerificationError, match=r"\(1, 7\) differ from the original \(1, 1000\)"):
+        check_output_shapes(graph, broken, x)

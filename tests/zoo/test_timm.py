@@ -1,4 +1,4 @@
-"""timm as a first-class zoo: a dozen families by default, every family with -m slow.
+"""timm as a first-class zoo: thirteen families by default, every family with -m slow.
 
 Property: a model comes back exact (the engine's verification and the independent
 oracle agree), or pruned through a normalisation over channels with that reported, or
@@ -22,6 +22,7 @@ DEFAULT = {  # family -> (model, input size): norm-act layers, CSP, GhostNet, Re
     "cspnet": ("cs3darknet_focus_s", 64), "regnet": ("regnetx_002", 64), "dla": ("dla46x_c", 64),
     "mobilenetv3": ("mobilenetv3_small_050", 64), "convnext": ("test_convnext", 64),
     "vision_transformer": ("test_vit3", None), "maxxvit": ("test_coatnet", None), "levit": ("levit_128s", None),
+    "nfnet": ("test_nfnet", 64),  # weight standardisation: F.batch_norm over weight rows, reshape_as
 }
 
 
