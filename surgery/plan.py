@@ -124,11 +124,11 @@ def check_architecture(plan: Plan, model: nn.Module) -> None:
 
 def plan_from_units(graph: ChannelGraph, removed: np.ndarray, model: nn.Module | None = None) -> Plan:
     """Describe removed units as one entry per touched group."""
-    removed_set = set(np.asarray(removed).tolist())
+    gone = graph.removed_mask(removed)
     entries = []
     for g in graph.groups:
-        hit = [i for i, u in enumerate(g.units.tolist()) if u in removed_set]
-        if not hit:
+        hit = np.flatnonzero(gone[g.units])
+        if not len(hit):
             continue
         m = g.anchor
         positions = np.nonzero(np.isin(m.unit_index, hit))[0].tolist()
@@ -140,9 +140,8 @@ def plan_from_units(graph: ChannelGraph, removed: np.ndarray, model: nn.Module |
 
 def touched_layers(graph: ChannelGraph, removed: np.ndarray) -> list:
     """Names of the layers (not raw parameters) that removing ``removed`` rebuilds."""
-    gone = set(np.asarray(removed).tolist())
-    return sorted({m.name for g in graph.groups if gone & set(g.units.tolist())
-                   for m in g.members if m.kind != "param"})
+    gone = graph.removed_mask(removed)
+    return sorted({m.name for g in graph.groups if gone[g.units].any() for m in g.members if m.kind != "param"})
 
 
 def units_from_plan(graph: ChannelGraph, plan: Plan) -> np.ndarray:

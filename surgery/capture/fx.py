@@ -81,7 +81,17 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable = ()) -> fx.GraphMod
             graph = tracer.trace(model)
         except Exception as err:  # fx raises TraceError, TypeError, RuntimeError, ...
             raise TraceError(_explain(model, tracer, err)) from err
-        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        return _graph_module(tracer.root, graph, type(model).__name__)
+
+
+def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """A GraphModule whose Python code is generated when first needed (its forward, ``.code``):
+    the analysis reads the graph only. A plain GraphModule where torch has no lazy one."""
+    try:
+        from torch.fx._lazy_graph_module import _LazyGraphModule
+    except ImportError:  # pragma: no cover - torch < 2.3
+        return fx.GraphModule(root, graph, name)
+    return _LazyGraphModule(root, graph, name)
 
 
 def _explain(model: nn.Module, tracer: _Tracer, err: Exception) -> str:

@@ -24,14 +24,16 @@ __all__ = ["transaction", "untouched"]
 
 DEPTH = 3  # how deep containers held in attributes (dicts of lists of ...) are saved and restored
 _MODULE_OWN = frozenset(vars(nn.Module()))  # nn.Module's own bookkeeping (parameters, hooks, ...)
+_CONTAINERS = (dict, list, set)
 
 
 def _snapshot(model: nn.Module) -> list:
     saved = []
     for m in model.modules():
         attrs = dict(vars(m))
-        held = [v for k, v in attrs.items() if k not in _MODULE_OWN]
-        saved.append((m, attrs, dict(m._parameters), dict(m._buffers), dict(m._modules), _containers(held, DEPTH)))
+        held = [v for k, v in attrs.items() if isinstance(v, _CONTAINERS) and k not in _MODULE_OWN]
+        saved.append((m, attrs, dict(m._parameters), dict(m._buffers), dict(m._modules),
+                      _containers(held, DEPTH) if held else []))
     return saved
 
 

@@ -64,9 +64,10 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     couple_shared_tensors(ctx, gm)
     _freeze_ignored(ctx, ignored)
     groups, roots = build_groups(ctx)
+    modules = dict(gm.named_modules(remove_duplicate=False))
     for g in groups:
         for m in g.members:
-            m.type_name = "Parameter" if m.kind == "param" else type(gm.get_submodule(m.name)).__name__
+            m.type_name = "Parameter" if m.kind == "param" else type(modules.get(m.name) or gm.get_submodule(m.name)).__name__
     graph = ChannelGraph.from_context(ctx, groups, roots, front=front, attention=attention,
                                       input_spec=input_spec(example_inputs), example_inputs=example_inputs)
     for w in ctx.warnings:

@@ -116,6 +116,15 @@ class ChannelGraph:
     def prunable_groups(self) -> list:
         return [g for g in self.groups if g.prunable]
 
+    def module(self, name: str) -> nn.Module:
+        """``self.gm.get_submodule(name)``, from a table made once per traced module."""
+        cache = self.__dict__.get("_modules_of")
+        if cache is None or cache[0] is not self.gm:
+            cache = (self.gm, dict(self.gm.named_modules(remove_duplicate=False)))
+            self.__dict__["_modules_of"] = cache
+        found = cache[1].get(name)
+        return found if found is not None else self.gm.get_submodule(name)
+
     def groups_of(self, name: str, role: str = "out") -> list:
         """Groups touching layer ``name`` in ``role`` ("out", "in" or "dim<d>"): a layer's
         dimension can hold channels of several groups (a concat's consumer, say)."""

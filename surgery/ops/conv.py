@@ -15,7 +15,7 @@ import torch.nn as nn
 from surgery.core.errors import ArgumentError
 from surgery.criteria.base import conv_rows
 from surgery.ops.context import RuleContext, first_input, freeze_other_dims
-from surgery.ops.handler import (Handler, _check, _clone, _index, _masks, _zero_outputs, replace_param)
+from surgery.ops.handler import (Handler, _check, _clone, _fresh, _index, _masks, _zero_outputs, replace_param)
 from surgery.ops.registry import register_layer
 
 
@@ -55,7 +55,13 @@ class ConvHandler(Handler):
         g, cin, cout = module.groups, module.in_channels, module.out_channels
         for keep, n, side in ((keep_in, cin, "input"), (keep_out, cout, "output")):
             if keep is not None:
-                _check(_index(keep, "cpu"), n, module, side)
+                _check(keep, n, module, side)
+        if g == 1:
+            return self._dense(module, keep_in, keep_out)
+        if g == cin == cout and not isinstance(module, nn.modules.conv._ConvTransposeNd):
+            keep = _same(keep_in, keep_out)
+            if keep is not None:  # depthwise, one filter per channel: the kept channels' filters
+                return self._depthwise(module, keep)
         im = _masks(cin, keep_in).reshape(g, -1)
         om = _masks(cout, keep_out).reshape(g, -1)
         if g > 1:  # a group that loses all inputs or all outputs is removed whole
@@ -72,6 +78,30 @@ class ConvHandler(Handler):
                 f"{type(module).__name__}(groups={g}): channel removal must either remove whole "
                 f"groups or the same positions in every group (balanced)")
         return self._rebuild(module, torch.ones(g, dtype=torch.bool), im[0], om[0], g)
+
+    def _dense(self, m, keep_in, keep_out):
+        """groups=1: the kept rows and columns of the weight (one index_select per side)."""
+        new = _clone(m)
+        w = m.weight
+        in_dim, out_dim = (0, 1) if isinstance(m, nn.modules.conv._ConvTransposeNd) else (1, 0)
+        if keep_out is not None:
+            w = w.index_select(out_dim, _index(keep_out, w.device))
+            if m.bias is not None:
+                _fresh(new, "bias", m.bias.index_select(0, _index(keep_out, m.bias.device)))
+        if keep_in is not None:
+            w = w.index_select(in_dim, _index(keep_in, w.device))
+        if w is not m.weight:
+            _fresh(new, "weight", w)
+        new.in_channels, new.out_channels = w.shape[in_dim], w.shape[out_dim]
+        return new
+
+    def _depthwise(self, m, keep):
+        new = _clone(m)
+        _fresh(new, "weight", m.weight.index_select(0, _index(keep, m.weight.device)))
+        if m.bias is not None:
+            _fresh(new, "bias", m.bias.index_select(0, _index(keep, m.bias.device)))
+        new.in_channels = new.out_channels = new.groups = new.weight.shape[0]
+        return new
 
     def _rebuild(self, m, alive, in_local, out_local, groups):
         new = _clone(m)
@@ -116,6 +146,14 @@ class ConvHandler(Handler):
                 cols = gone.reshape(g, per).to(w.device)
                 w.masked_fill_(cols[:, None, :].reshape(g, 1, per, *([1] * (w.dim() - 3))), 0)
         return module
+
+
+def _same(keep_in, keep_out):
+    """The one index both sides keep (either may be None), or None when they differ."""
+    if keep_in is None or keep_out is None:
+        return keep_out if keep_in is None else keep_in
+    a, b = np.asarray(keep_in), np.asarray(keep_out)
+    return a if a.shape == b.shape and np.array_equal(a, b) else None
 
 
 def _group_index(alive: torch.Tensor, local: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -82,14 +83,24 @@ def replace_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
         object.__setattr__(module, name, value.detach().clone())
 
 
+def _fresh(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """:func:`replace_param` for a tensor just made by indexing (no other reference: no copy)."""
+    if name in module._parameters:
+        old = module._parameters[name]
+        module._parameters[name] = nn.Parameter(value.detach(), requires_grad=old.requires_grad)
+    else:
+        replace_param(module, name, value)
+
+
 def _select(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
     t = getattr(module, name, None)
     if t is not None and t.dim() > dim:
-        replace_param(module, name, t.index_select(dim, keep.to(t.device)))
+        _fresh(module, name, t.index_select(dim, keep.to(t.device)))
 
 
-def _check(keep: torch.Tensor, n: int, module: nn.Module, side: str) -> None:
-    if keep.numel() == 0:
+def _check(keep: Index, n: int, module: nn.Module, side: str) -> None:
+    keep = np.asarray(keep.cpu() if isinstance(keep, torch.Tensor) else keep).reshape(-1)
+    if keep.size == 0:
         raise ArgumentError(f"{type(module).__name__}: cannot remove every {side} channel; keep at least one")
     if keep.min() < 0 or keep.max() >= n:
         raise ArgumentError(f"{type(module).__name__}: {side} indices must be in [0, {n}); got {keep.tolist()}")

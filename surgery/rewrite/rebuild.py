@@ -283,18 +283,21 @@ def _follow_widths(target: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
     Attributes never used as sizes (``layer_idx``) are never touched."""
     gone = graph.removed_mask(removed)
     sizes: dict = defaultdict(lambda: defaultdict(set))  # owner -> old width -> new widths
+    relevant: dict = {}  # owner -> its module, when its class uses int attributes as sizes
     for node in graph.gm.graph.nodes:
-        for vars_ in _axis_vars(node.meta.get(AXES_KEY)):
-            for owner in width_owners(node):
+        arrays = _axis_vars(node.meta.get(AXES_KEY))
+        if not arrays:
+            continue
+        for owner in width_owners(node):
+            if owner not in relevant:
+                relevant[owner] = _sized_module(target, owner)
+            if relevant[owner] is None:
+                continue
+            for vars_ in arrays:
                 sizes[owner][len(vars_)].add(int((~gone[graph.roots[vars_]]).sum()))
     unclear = []
     for owner, widths in sizes.items():
-        try:
-            module = target.get_submodule(owner)
-        except AttributeError:
-            continue
-        if type(module).__module__.startswith(("torch.nn.", "torch.fx.")):
-            continue  # torch's layers: their handlers set their attributes
+        module = relevant[owner]
         used_as_size = size_attributes(type(module))
         for attr, value in list(vars(module).items()):
             if attr not in used_as_size or type(value) is not int or before.get((owner, attr)) != value:
@@ -310,6 +313,17 @@ def _follow_widths(target: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
         warnings.warn(f"int attributes equal to channel widths that pruning changed in different ways were left "
                       f"as they were: {', '.join(unclear[:5])}; if code the trace does not run (another method, "
                       f"a branch) reads them, set them yourself", stacklevel=user_stacklevel())
+
+
+def _sized_module(root: nn.Module, name: str) -> nn.Module | None:
+    """The module at ``name`` when its class (outside torch) uses int attributes as sizes."""
+    try:
+        module = root.get_submodule(name)
+    except AttributeError:
+        return None
+    if type(module).__module__.startswith(("torch.nn.", "torch.fx.")):
+        return None  # torch's layers: their handlers set their attributes
+    return module if size_attributes(type(module)) else None
 
 
 _SIZE_CALLS = {"split", "view", "reshape", "narrow", "unflatten", "expand", "tensor_split", "split_with_sizes",

@@ -32,7 +32,7 @@ def member_tensor(graph: ChannelGraph, member: Member) -> torch.Tensor:
     if member.kind == Kind.PARAM:
         t = tensor_at(graph.gm, member.name).detach().movedim(member.role.dim, 0)
         return t.reshape(t.shape[0], -1)
-    module = graph.gm.get_submodule(member.name)
+    module = graph.module(member.name)
     return handler_for(module).slices(module, member.role).detach()
 
 
@@ -69,7 +69,7 @@ def group_view(graph: ChannelGraph, group: Group) -> GroupView:
         kind = _PLURAL[m.kind]
         names.setdefault(kind, []).append(m.name)
         if m.kind != Kind.PARAM:
-            modules.setdefault(kind, []).append(graph.gm.get_submodule(m.name))
+            modules.setdefault(kind, []).append(graph.module(m.name))
             index.setdefault(kind, []).append(m.unit_index)
 
     def load(part: str) -> list:
