@@ -15,7 +15,7 @@ import torch.nn as nn
 from surgery.core.errors import ArgumentError
 from surgery.criteria.base import conv_rows
 from surgery.ops.context import RuleContext, first_input, freeze_other_dims
-from surgery.ops.handler import (Handler, _check, _clone, _fresh, _index, _masks, _zero_outputs, replace_param)
+from surgery.ops.handler import Handler, _check, _clone, _fresh, _index, _masks, _zero_outputs
 from surgery.ops.registry import register_layer
 
 
@@ -62,13 +62,12 @@ class ConvHandler(Handler):
             keep = _same(keep_in, keep_out)
             if keep is not None:  # depthwise, one filter per channel: the kept channels' filters
                 return self._depthwise(module, keep)
-        im = _masks(cin, keep_in).reshape(g, -1)
-        om = _masks(cout, keep_out).reshape(g, -1)
-        if g > 1:  # a group that loses all inputs or all outputs is removed whole
-            if keep_in is None:
-                im &= om.any(1, keepdim=True)
-            if keep_out is None:
-                om &= im.any(1, keepdim=True)
+        im = _np_mask(cin, keep_in).reshape(g, -1)
+        om = _np_mask(cout, keep_out).reshape(g, -1)
+        if keep_in is None:  # a group that loses all inputs or all outputs is removed whole
+            im &= om.any(1, keepdims=True)
+        if keep_out is None:
+            om &= im.any(1, keepdims=True)
         alive = im.any(1) & om.any(1)
         whole = bool((im.all(1) == alive).all() and (om.all(1) == alive).all())
         if whole:
@@ -77,7 +76,7 @@ class ConvHandler(Handler):
             raise ArgumentError(
                 f"{type(module).__name__}(groups={g}): channel removal must either remove whole "
                 f"groups or the same positions in every group (balanced)")
-        return self._rebuild(module, torch.ones(g, dtype=torch.bool), im[0], om[0], g)
+        return self._rebuild(module, np.ones(g, dtype=bool), im[0], om[0], g)
 
     def _dense(self, m, keep_in, keep_out):
         """groups=1: the kept rows and columns of the weight (one index_select per side)."""
@@ -104,19 +103,15 @@ class ConvHandler(Handler):
         return new
 
     def _rebuild(self, m, alive, in_local, out_local, groups):
+        """Grouped conv: the kept positions ``in_local``/``out_local`` of every kept group."""
         new = _clone(m)
-        transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
-        m.groups
-        in_idx = _group_index(alive, in_local)
-        out_idx = _group_index(alive, out_local)
-        w = m.weight
-        if transposed:  # weight [cin, cout/g, k...]
-            w = w[in_idx.to(w.device)][:, torch.nonzero(out_local).flatten().to(w.device)]
-        else:  # weight [cout, cin/g, k...]
-            w = w[out_idx.to(w.device)][:, torch.nonzero(in_local).flatten().to(w.device)]
-        replace_param(new, "weight", w)
+        in_idx, out_idx = _group_index(alive, in_local), _group_index(alive, out_local)
+        rows, cols = (in_idx, np.flatnonzero(out_local)) if isinstance(m, nn.modules.conv._ConvTransposeNd) \
+            else (out_idx, np.flatnonzero(in_local))  # weight [cin, cout/g, k...] / [cout, cin/g, k...]
+        w = m.weight.index_select(0, _index(rows, m.weight.device)).index_select(1, _index(cols, m.weight.device))
+        _fresh(new, "weight", w)
         if m.bias is not None:
-            replace_param(new, "bias", m.bias[out_idx.to(m.bias.device)])
+            _fresh(new, "bias", m.bias.index_select(0, _index(out_idx, m.bias.device)))
         new.in_channels, new.out_channels, new.groups = len(in_idx), len(out_idx), groups
         return new
 
@@ -156,10 +151,17 @@ def _same(keep_in, keep_out):
     return a if a.shape == b.shape and np.array_equal(a, b) else None
 
 
-def _group_index(alive: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+def _group_index(alive: np.ndarray, local: np.ndarray) -> np.ndarray:
     """Flat indices of the kept positions ``local`` inside every kept group ``alive``, group-major."""
-    n = local.numel()
-    return (torch.nonzero(alive).flatten()[:, None] * n + torch.nonzero(local).flatten()[None, :]).flatten()
+    return (np.flatnonzero(alive)[:, None] * len(local) + np.flatnonzero(local)[None, :]).reshape(-1)
+
+
+def _np_mask(n: int, keep) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    if keep is not None:
+        mask[:] = False
+        mask[np.asarray(keep.cpu() if isinstance(keep, torch.Tensor) else keep, dtype=np.int64).reshape(-1)] = True
+    return mask
 
 
 register_layer(*_CONVS, rule=conv, handler=ConvHandler())
