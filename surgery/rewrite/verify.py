@@ -445,7 +445,7 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
         if verify_exact else ["verify=False"]
     try:
         with transaction(model) if inplace else contextlib.nullcontext():
-            new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok)
+            new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok, values=verify_exact)
             with untouched(new):  # the runs below leave the model's containers as they were
                 result = _check(ran, new, graph, removed, example_inputs, verify_exact, skipped)
     except _Diverged as d:  # the model is as it was: rebuild both sides to name the layer

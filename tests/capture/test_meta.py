@@ -38,6 +38,22 @@ def test_real_forwards_run_only_where_values_are_needed(verify, real_forwards):
     assert small.conv1.out_channels == 8 and small.surgery_verification.exact == verify
 
 
+@pytest.mark.parametrize("name", ["convnext_tiny", "vit_b_32"])
+def test_no_real_forward_without_verification_when_literals_are_patched(name):
+    """ConvNeXt's LayerNorm2d and ViT's reshapes hold sizes that pruning patches: whether the
+    original class still agrees with the patched graph is decided on meta shapes then."""
+    kw = {"image_size": 64} if name.startswith("vit") else {}
+    model = torchvision.models.get_model(name, **kw).eval()
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    calls = _count_real_forwards(model, first)
+    x = torch.randn(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = surgery.prune(model, x, ratio=0.5, verify=False)
+    assert calls == [] and type(small) is type(model)
+    assert small(x).shape == (1, 1000)
+
+
 def test_meta_shapes_equal_the_real_ones_on_every_node():
     for name in ("resnet20", "mobilenetv2_cifar", "vgg11_bn"):
         gm = symbolic_trace(create(name).eval())
