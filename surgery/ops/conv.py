@@ -62,8 +62,8 @@ class ConvHandler(Handler):
             keep = _same(keep_in, keep_out)
             if keep is not None:  # depthwise, one filter per channel: the kept channels' filters
                 return self._depthwise(module, keep)
-        im = _np_mask(cin, keep_in).reshape(g, -1)
-        om = _np_mask(cout, keep_out).reshape(g, -1)
+        im = _masks(cin, keep_in).numpy().reshape(g, -1)
+        om = _masks(cout, keep_out).numpy().reshape(g, -1)
         if keep_in is None:  # a group that loses all inputs or all outputs is removed whole
             im &= om.any(1, keepdims=True)
         if keep_out is None:
@@ -154,14 +154,6 @@ def _same(keep_in, keep_out):
 def _group_index(alive: np.ndarray, local: np.ndarray) -> np.ndarray:
     """Flat indices of the kept positions ``local`` inside every kept group ``alive``, group-major."""
     return (np.flatnonzero(alive)[:, None] * len(local) + np.flatnonzero(local)[None, :]).reshape(-1)
-
-
-def _np_mask(n: int, keep) -> np.ndarray:
-    mask = np.ones(n, dtype=bool)
-    if keep is not None:
-        mask[:] = False
-        mask[np.asarray(keep.cpu() if isinstance(keep, torch.Tensor) else keep, dtype=np.int64).reshape(-1)] = True
-    return mask
 
 
 register_layer(*_CONVS, rule=conv, handler=ConvHandler())
