@@ -38,7 +38,7 @@ from surgery.reporting.report import Report, report
 from surgery.repair.recalibrate import recalibrate
 from surgery.repair.reconstruct import KEEPS, reconstruct
 from surgery.rewrite.rebuild import keep_indices, rewrite
-from surgery.select.selection import EMPTY, select_units
+from surgery.select.selection import EMPTY, Remembered, select_units
 from surgery.groups.build import trace
 from surgery.groups.rebind import rebind, structure
 from surgery.rewrite.verify import Verification, checked_rewrite
@@ -226,14 +226,17 @@ class Pruner:
         self.budget.remember(graph)
         c = self.config
         if c.target is None:
-            return self._select(graph, scheduled(c.schedule, step, c.iterative_steps, c.ratio), step)
+            return self._select(graph, scheduled(c.schedule, step, c.iterative_steps, c.ratio), step, self._scorer())
         goal = 1.0 - scheduled(c.schedule, step, c.iterative_steps, 1.0 - c.target)
         return self._search(graph, goal, step)
 
-    def _select(self, graph: ChannelGraph, ratio: float, step: int) -> np.ndarray:
+    def _scorer(self) -> _criteria.Criterion:
+        """The criterion as selection asks it (normalised per group for global ranking)."""
         c = self.config
         method = "mean" if c.normalize in ("flops", "latency") else c.normalize
-        scorer = _criteria.Normalized(self.criterion, method) if c.global_pruning else self.criterion
+        return _criteria.Normalized(self.criterion, method) if c.global_pruning else self.criterion
+
+    def _select(self, graph: ChannelGraph, ratio: float, step: int, scorer: _criteria.Criterion) -> np.ndarray:
         counts = self.budget.counts(graph, ratio, step, scorer, self._unit_costs(graph))
         units = [select_units(graph, graph.groups[i], scorer, n) for i, n in counts.items()]
         units = [u for u in units if len(u)]
@@ -259,8 +262,9 @@ class Pruner:
             self._cost0 = cost.total  # the same count as _cost on the model before the first step
         scale = cost.total / self._cost0  # this step's model against the original
         aim, best = goal, None
+        scorer = Remembered(self._scorer())  # each group scored once for all probes
         for _ in range(4):
-            units = self._bisect(graph, cost, aim / scale, step)
+            units = self._bisect(graph, cost, aim / scale, step, scorer)
             kept = self._cost(rewrite(self.model, graph, units)) / self._cost0
             if best is None or abs(kept - goal) < abs(best[0] - goal):
                 best = (kept, units)
@@ -272,11 +276,12 @@ class Pruner:
                           f"frozen groups, max_ratio or min_channels limit pruning", stacklevel=user_stacklevel())
         return best[1]
 
-    def _bisect(self, graph: ChannelGraph, cost: CostModel, goal: float, step: int) -> np.ndarray:
+    def _bisect(self, graph: ChannelGraph, cost: CostModel, goal: float, step: int,
+                scorer: _criteria.Criterion) -> np.ndarray:
         lo, hi, best = 0.0, 0.999, None
         for _ in range(30):
             mid = (lo + hi) / 2
-            units = self._select(graph, mid, step)
+            units = self._select(graph, mid, step, scorer)
             kept = cost.kept(units)
             if best is None or abs(kept - goal) < abs(best[0] - goal):
                 best = (kept, units)

@@ -37,6 +37,7 @@ class GroupView:
     producers never pay for the consumers' slices. ``index[kind][i]`` maps each position of
     ``modules[kind][i]``'s channel dim to its channel in the group (-1: another group),
     which data criteria use to turn per-position statistics into per-channel scores.
+    ``key`` names the group the view shows (the engine's views carry its index; None otherwise).
 
     Example:
         >>> import torch
@@ -50,6 +51,7 @@ class GroupView:
         self._parts = {"producers": producers, "consumers": consumers, "per_channel": per_channel}
         self.names, self.modules, self.index = names or {}, modules or {}, index or {}
         self._size, self._loader = size, loader
+        self.key = None
 
     def _part(self, kind: str) -> list:
         if self._parts[kind] is None:

@@ -90,14 +90,19 @@ class CostModel:
         self._names = sorted({name for name, _ in dims})
         self._cost = np.array([cost[n] for n in self._names])
         self._fixed = self.total - self._cost.sum()
-        self._dims = [(self._names.index(name), ids) for (name, _), ids in dims.items()]
+        # every tracked dimension's unit ids, flat: dimension d holds _ids[_dim == d]
+        index = {name: i for i, name in enumerate(self._names)}
+        self._owner = np.array([index[name] for name, _ in dims], dtype=np.int64)
+        self._ids = np.concatenate(list(dims.values())) if dims else np.zeros(0, dtype=np.int64)
+        self._dim = np.repeat(np.arange(len(dims)), [len(ids) for ids in dims.values()])
+        self._length = np.bincount(self._dim, minlength=len(dims)).astype(float)
 
     def kept(self, removed: np.ndarray) -> float:
         """Estimated fraction of the cost kept when ``removed`` (unit ids) go."""
-        removed = np.asarray(removed, dtype=np.int64)
+        gone = np.bincount(self._dim[np.isin(self._ids, np.asarray(removed, dtype=np.int64))],
+                           minlength=len(self._owner))
         factor = np.ones(len(self._names))
-        for i, ids in self._dims:
-            factor[i] *= 1.0 - np.isin(ids, removed).sum() / len(ids)
+        np.multiply.at(factor, self._owner, 1.0 - gone / np.maximum(self._length, 1.0))
         return float((self._fixed + (self._cost * factor).sum()) / self.total)
 
     def unit_saving(self, units: np.ndarray) -> float:

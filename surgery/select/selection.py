@@ -18,11 +18,12 @@ import torch
 
 from surgery.core.errors import ArgumentError
 from surgery.core.inputs import tensor_at
-from surgery.criteria.base import Criterion, GroupView, n_remove
+from surgery.criteria.base import Criterion, GroupView, Wrapper, n_remove
+from surgery.criteria.normalize import Normalized
 from surgery.groups.graph import ChannelGraph, Group, Kind, Member
 from surgery.ops.registry import handler_for
 
-__all__ = ["group_view", "member_tensor", "select_units", "units_for_positions", "n_remove", "EMPTY"]
+__all__ = ["group_view", "member_tensor", "select_units", "units_for_positions", "n_remove", "EMPTY", "Remembered"]
 
 EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -76,7 +77,56 @@ def group_view(graph: ChannelGraph, group: Group) -> GroupView:
         return [_per_unit(member_tensor(graph, m), m.unit_index, group.size)
                 for m in group.members if m.kind.part == part]
 
-    return GroupView(names=names, modules=modules, size=group.size, loader=load, index=index)
+    view = GroupView(names=names, modules=modules, size=group.size, loader=load, index=index)
+    view.key = group.index
+    return view
+
+
+def ranks_by_score(criterion: Criterion) -> bool:
+    """Whether ``criterion`` selects the lowest scores (its ``select`` is the base class's,
+    through any wrappers that pass selection on)."""
+    while isinstance(criterion, Wrapper) and type(criterion).select is Wrapper.select:
+        if type(criterion).score_group is not Wrapper.score_group and not _monotone(criterion):
+            return False
+        criterion = criterion.base
+    return type(criterion).select is Criterion.select
+
+
+def _monotone(wrapper: Wrapper) -> bool:
+    """Wrappers whose scores rank a group's channels in the base criterion's order."""
+    return isinstance(wrapper, Normalized)
+
+
+class Remembered(Wrapper):
+    """``criterion`` with each group's scores computed once (keyed on the group's index: use
+    one per traced graph), for searches that ask the same groups for many counts (a target
+    bisection). Criteria with their own ``select`` (k-means, OCAP) are asked every time.
+
+    Example:
+        >>> import torch, surgery, criteria
+        >>> from models import create
+        >>> graph = surgery.trace(create("resnet20"), torch.randn(1, 3, 32, 32))
+        >>> c = Remembered(criteria.get("l1"))
+        >>> group = graph.prunable_groups[0]
+        >>> bool((select_units(graph, group, c, 4) == select_units(graph, group, criteria.get("l1"), 4)).all())
+        True
+    """
+
+    def __init__(self, base: Criterion) -> None:
+        super().__init__(base)
+        self._scores: dict = {}
+        self._ranks = ranks_by_score(base)
+
+    def score(self, target) -> torch.Tensor:
+        key = getattr(target, "key", None)
+        if key is None:
+            return self.base.score(target)
+        if key not in self._scores:
+            self._scores[key] = self.base.score(target)
+        return self._scores[key]
+
+    def select(self, target, n: int) -> torch.Tensor:
+        return Criterion.select(self, target, n) if self._ranks else self.base.select(target, n)
 
 
 def select_units(graph: ChannelGraph, group: Group, criterion: Criterion, n: int) -> np.ndarray:

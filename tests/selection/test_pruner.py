@@ -84,6 +84,60 @@ def test_target_flops_lands_within_two_percent(name):
     assert abs(kept - 0.5) <= 0.02, kept
 
 
+def _counting(base):
+    """``base`` recording its group scorings ("score") and selections ("select")."""
+    calls = []
+
+    class Counting(type(base)):
+        def score_group(self, view):
+            calls.append("score")
+            return super().score_group(view)
+    if type(base).select is not surgery.criteria.Criterion.select:  # a criterion with its own selection
+        def select(self, target, n):
+            calls.append("select")
+            return type(base).select(self, target, n)
+        Counting.select = select
+    c = Counting.__new__(Counting)
+    c.__dict__.update(vars(base))
+    return c, calls
+
+
+def test_remembered_scores_each_group_once_and_selects_the_same():
+    import criteria
+    from surgery.select.selection import Remembered, select_units
+    graph = surgery.trace(create("resnet20"), X32)
+    groups = graph.prunable_groups
+    for name in ("l1", "kmeans"):
+        counting, calls = _counting(criteria.get(name))
+        remembered = Remembered(counting)
+        for n in (1, 3, 5, 2):
+            for g in groups:
+                assert (select_units(graph, g, remembered, n) == select_units(graph, g, criteria.get(name), n)).all()
+        if name == "l1":  # ranked by score: each group scored once, for all four counts
+            assert calls == ["score"] * len(groups)
+        else:  # k-means selects by clustering: asked every time, never from memory
+            assert calls.count("select") == 4 * len(groups)
+
+
+def test_cost_model_kept_equals_the_per_dimension_product():
+    import numpy as np
+    from surgery.select.cost import CostModel
+    m = create("resnet20")
+    graph = surgery.trace(m, X32)
+    cost = CostModel(m, graph, X32)
+    rng = np.random.default_rng(0)
+    units = np.concatenate([g.units for g in graph.prunable_groups])
+    for _ in range(5):
+        removed = rng.choice(units, size=len(units) // 3, replace=False)
+        factor = np.ones(len(cost._names))
+        for d, i in enumerate(cost._owner):  # each dimension on its own, the plain way
+            ids = cost._ids[cost._dim == d]
+            factor[i] *= 1.0 - np.isin(ids, removed).sum() / len(ids)
+        want = (cost._fixed + (cost._cost * factor).sum()) / cost.total
+        assert cost.kept(removed) == pytest.approx(want, rel=1e-12)
+    assert cost.kept(units[:0]) == pytest.approx(1.0)
+
+
 def test_target_params():
     m = create("resnet56")
     p = quiet(Pruner(m, X32, target_params=0.4).run)
