@@ -110,26 +110,33 @@ def reference_outputs(model: nn.Module, graph: ChannelGraph, removed: np.ndarray
     """Build the masked reference of ``model``, run it (:func:`run_reference`) and free it.
     torch.fx's tracer leaves reference cycles (closures over itself) that hold the model it
     traced; a reference of ``COLLECT_ABOVE`` bytes or more that they keep is collected here,
-    so that it is not in memory together with the pruned model."""
+    so that it is not in memory together with the pruned model. Whether the model branches on
+    ``self.training`` is asked of ``model`` (the same code), so the reference is never traced
+    and is freed by reference counting alone."""
+    branches = branches_on_training(model, example_inputs, fx_graph(graph))
     reference = masked_reference(model, graph, removed, reference_dtype(model))
     size = sum(t.numel() * t.element_size() for t in list(reference.parameters()) + list(reference.buffers()))
     alive = weakref.ref(reference)
-    ran = run_reference(reference, graph, example_inputs)
+    ran = run_reference(reference, graph, example_inputs, branches)
     del reference
     if alive() is not None and size >= COLLECT_ABOVE:
         gc.collect()
     return ran
 
 
-def run_reference(reference: nn.Module, graph: ChannelGraph, example_inputs: Any) -> ReferenceRun:
+def run_reference(reference: nn.Module, graph: ChannelGraph, example_inputs: Any,
+                  branches: bool | None = None) -> ReferenceRun:
     """Run the masked ``reference`` on the example inputs (cast to its dtype), in eval mode
-    and, when its code reads ``self.training``, in train mode (see :mod:`train_check`)."""
+    and, when its code reads ``self.training`` (``branches``; None: find out), in train mode
+    too (see :mod:`train_check`)."""
     check_not_empty(example_inputs)
     dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()), torch.float32)
     inputs = cast_inputs(example_inputs, dtype)
     outputs = flat_tensors(run_eval(reference, inputs))
     train = None
-    if branches_on_training(reference, inputs, fx_graph(graph)):
+    if branches is None:
+        branches = branches_on_training(reference, inputs, fx_graph(graph))
+    if branches:
         try:
             with train_forward(reference) as run:
                 train = flat_tensors(run(inputs))
