@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import operator
 from typing import Any, Iterator
 
@@ -30,7 +31,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from surgery.capture.fx import Recorder, placeholder_args, symbolic_trace
 from surgery.core.inputs import as_inputs, evaluating
 
-__all__ = ["propagate_meta", "run_meta", "NeedsValues", "on_meta", "SAME_SHAPE"]
+__all__ = ["propagate_meta", "run_meta", "NeedsValues", "on_meta", "SAME_SHAPE", "sharing_traces"]
 
 SAME_SHAPE = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.Hardtanh,
               nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.PReLU, nn.ELU,
@@ -52,16 +53,44 @@ def propagate_meta(gm: fx.GraphModule, example_inputs: Any) -> None:
             raise NeedsValues(str(err).split("\n")[0]) from err
 
 
+_TRACES: contextvars.ContextVar = contextvars.ContextVar("surgery_meta_traces", default=None)
+
+
+@contextlib.contextmanager
+def sharing_traces() -> Iterator[None]:
+    """Inside the block, :func:`run_meta` traces each model (in each mode) once: for several
+    shape checks of a model that the block no longer edits (a rewrite's class-or-graph choice,
+    then the output-shape check)."""
+    token = _TRACES.set({})
+    try:
+        yield
+    finally:
+        _TRACES.reset(token)
+
+
+def _own_graph(model: nn.Module) -> fx.Graph | None:
+    """The model's fx graph (None when fx cannot trace it), once per model and mode inside
+    :func:`sharing_traces`."""
+    shared = _TRACES.get()
+    key = (id(model), model.training)
+    if shared is not None and key in shared:
+        return shared[key][1]
+    try:
+        graph = symbolic_trace(model).graph
+    except Exception:
+        graph = None
+    if shared is not None:
+        shared[key] = (model, graph)  # the model is held, so its id is not reused meanwhile
+    return graph
+
+
 def run_meta(model: nn.Module, example_inputs: Any, graph: fx.Graph | None = None) -> Any:
     """The model's outputs, as meta tensors (shapes and dtypes, no values), from a run on the
     meta device: through ``graph`` (one traced from the model before an edit that kept its
     structure: no new trace) or its own fx graph, with the shape formulas, else its own
     forward. :class:`NeedsValues` when it reads values."""
     if graph is None:
-        try:
-            graph = symbolic_trace(model).graph
-        except Exception:
-            graph = None
+        graph = _own_graph(model)
     try:
         if graph is not None:  # run over the model itself: no GraphModule to build, no node.meta written
             with torch.no_grad():

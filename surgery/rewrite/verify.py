@@ -41,7 +41,7 @@ from surgery.rewrite.reference import (FLOAT64_LIMIT, ReferenceRun, masked_refer
                                        run_reference)
 from surgery.rewrite.train_check import branches_on_training, train_forward
 from surgery.capture.fx import owning_module
-from surgery.capture.meta import NeedsValues, run_meta
+from surgery.capture.meta import NeedsValues, run_meta, sharing_traces
 from surgery.core.errors import VerificationError
 
 __all__ = ["Verification", "masked_reference", "verify", "compare", "checked_rewrite",
@@ -444,7 +444,7 @@ def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, 
         [f"not exact by design, a normalisation over channels sees removed ones: {n}" for n in norms] \
         if verify_exact else ["verify=False"]
     try:
-        with transaction(model) if inplace else contextlib.nullcontext():
+        with transaction(model) if inplace else contextlib.nullcontext(), sharing_traces():
             new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok, values=verify_exact)
             with untouched(new):  # the runs below leave the model's containers as they were
                 result = _check(ran, new, graph, removed, example_inputs, verify_exact, skipped)

@@ -54,6 +54,19 @@ def test_no_real_forward_without_verification_when_literals_are_patched(name):
     assert small(x).shape == (1, 1000)
 
 
+def test_the_pruned_class_is_traced_once_for_its_shape_checks(monkeypatch):
+    """ConvNeXt's class forward is checked twice on meta (against the patched graph, then against
+    the traced shapes): one fx trace of the pruned model serves both."""
+    import surgery.capture.meta as meta
+    model = torchvision.models.convnext_tiny().eval()
+    traced = []
+    monkeypatch.setattr(meta, "symbolic_trace", lambda m: traced.append(m) or symbolic_trace(m))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = surgery.prune(model, torch.randn(1, 3, 64, 64), ratio=0.5, verify=False)
+    assert type(small) is type(model) and traced == [small]
+
+
 def test_meta_shapes_equal_the_real_ones_on_every_node():
     for name in ("resnet20", "mobilenetv2_cifar", "vgg11_bn"):
         gm = symbolic_trace(create(name).eval())
