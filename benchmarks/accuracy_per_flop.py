@@ -8,7 +8,10 @@ ours, Torch-Pruning's counter for TP; both count convs and linears), then every 
 fine-tuned with the same budget (``--finetune`` epochs, SGD, cosine). Torch-Pruning
 (pip install torch-pruning) is optional: without it only our rows are printed.
 
-    python benchmarks/accuracy_per_flop.py [--seeds 0,1,2] [--epochs 10] [--finetune 2]
+    python benchmarks/accuracy_per_flop.py [--seeds 0,1,2] [--epochs 10] [--finetune 2] [--distill]
+        [--methods "ours L1,TP local L1"]
+
+``--distill`` fine-tunes every result (ours and TP's alike) with distillation from the base model.
 """
 from __future__ import annotations
 
@@ -48,7 +51,9 @@ def hard_digits(seed: int):
     return (x[:1400], y[:1400]), (x[1400:], y[1400:])
 
 
-def train(model: nn.Module, data, epochs: int, lr: float, seed: int) -> nn.Module:
+def train(model: nn.Module, data, epochs: int, lr: float, seed: int, teacher: nn.Module | None = None) -> nn.Module:
+    """SGD with cosine decay; with a ``teacher``, the loss is half cross-entropy, half
+    distillation (the pipeline's ``finetune.distill`` defaults: temperature 4, alpha 0.5)."""
     x, y = data
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -58,7 +63,15 @@ def train(model: nn.Module, data, epochs: int, lr: float, seed: int) -> nn.Modul
     for _ in range(epochs):
         for idx in torch.randperm(len(x)).split(64):
             opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            logits = model(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher(x[idx])
+                kd = F.kl_div(F.log_softmax(logits / 4, 1), F.log_softmax(target / 4, 1), log_target=True,
+                              reduction="batchmean") * 16
+                loss = 0.5 * loss + 0.5 * kd
+            loss.backward()
             opt.step()
             sched.step()
     return model.eval()
@@ -130,11 +143,15 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--finetune", type=int, default=2)
     p.add_argument("--targets", default="0.5,0.25")
+    p.add_argument("--distill", action="store_true", help="fine-tune every result with distillation from the base")
+    p.add_argument("--methods", default="", help="comma-separated row names to run (default: all)")
     args = p.parse_args()
     tp_methods = TP if importlib.util.find_spec("torch_pruning") else {}
     if not tp_methods:
         print("torch-pruning is not installed: only our rows")
     results: dict = {}
+    chosen = {m.strip() for m in args.methods.split(",") if m.strip()}
+    wanted = (lambda name: not chosen or name in chosen)
     t0 = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
         trainset, testset = hard_digits(seed)
@@ -144,20 +161,25 @@ def main() -> None:
         calib = list(zip(trainset[0][:512].split(64), trainset[1][:512].split(64)))
         results.setdefault(("original", 1.0), []).append((accuracy(base, testset), accuracy(base, testset), 1.0))
         for target in [float(t) for t in args.targets.split(",")]:
+            teacher = base if args.distill else None
             for name, options in OURS.items():
-                pruned = ours(base, example, target, calib, **options)
-                _record(results, name, target, pruned, base, example, testset, trainset, args.finetune, seed)
+                if wanted(name):
+                    pruned = ours(base, example, target, calib, **options)
+                    _record(results, name, target, pruned, base, example, testset, trainset, args.finetune, seed,
+                            teacher)
             for name, (imp, g) in tp_methods.items():
-                pruned = prune_tp(base, example, target, calib, imp, g)
-                _record(results, name, target, pruned, base, example, testset, trainset, args.finetune, seed)
+                if wanted(name):
+                    pruned = prune_tp(base, example, target, calib, imp, g)
+                    _record(results, name, target, pruned, base, example, testset, trainset, args.finetune, seed,
+                            teacher)
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(_table(results))
 
 
-def _record(results, name, target, pruned, base, example, testset, trainset, epochs, seed):
+def _record(results, name, target, pruned, base, example, testset, trainset, epochs, seed, teacher=None):
     one_shot = accuracy(pruned, testset)
     flops = count_flops(pruned, example) / count_flops(base, example)
-    tuned = accuracy(train(pruned, trainset, epochs, 0.01, seed), testset)
+    tuned = accuracy(train(pruned, trainset, epochs, 0.01, seed, teacher), testset)
     results.setdefault((name, target), []).append((one_shot, tuned, flops))
 
 
