@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch.fx as fx
 import torch.nn as nn
 
 import surgery.criteria as _criteria
@@ -40,6 +41,7 @@ from surgery.repair.reconstruct import KEEPS, reconstruct
 from surgery.rewrite.rebuild import keep_indices, rewrite
 from surgery.select.selection import EMPTY, Remembered, select_units
 from surgery.groups.build import trace
+from surgery.capture.fx import unlinked
 from surgery.groups.rebind import rebind, structure
 from surgery.rewrite.verify import Verification, checked_rewrite
 
@@ -73,8 +75,12 @@ def prune(model: nn.Module, example_inputs: Any, config: PruneConfig | None = No
     if config is None and not {"ratio", "target_flops", "target_params"} & set(options):
         raise ArgumentTypeError("prune() needs ratio= (the fraction of channels to remove), or target_flops= / "
                                 "target_params= (the fraction to keep), or a PruneConfig")
-    return Pruner(model, example_inputs, config, data=data, max_batches=max_batches, forward_fn=forward_fn,
-                  loss_fn=loss_fn, **options).step()
+    pruner = Pruner(model, example_inputs, config, data=data, max_batches=max_batches, forward_fn=forward_fn,
+                    loss_fn=loss_fn, **options)
+    try:
+        return pruner.step()
+    finally:
+        pruner.release()
 
 
 def calibrate(criterion: _criteria.Criterion, model: nn.Module, data: Any, repairs: bool = False,
@@ -217,8 +223,21 @@ class Pruner:
             graph = trace(self.model, self.example_inputs, leaf_modules=self.config.leaf_modules,
                           ignored_layers=self._ignored, attention=self.config.attention,
                           tracer=self.config.tracer)
+        if self._traced is not None:
+            self._unlink(self._traced[1])  # stale: the model changed since
         self._traced = (key, graph)
         return graph
+
+    def release(self) -> None:
+        """Let the graphs this Pruner traced free the layers they reference as soon as they are
+        dropped, not at Python's next full garbage collection (after an in-place step they hold
+        the replaced weights; see :func:`surgery.capture.fx.unlinked`). The Pruner still works."""
+        for graph in (self._traced[1] if self._traced else None, self.last_step[0] if self.last_step else None):
+            self._unlink(graph)
+
+    def _unlink(self, graph: ChannelGraph | None) -> None:
+        if graph is not None and graph is not self._given_graph and isinstance(graph.gm, fx.GraphModule):
+            unlinked(graph.gm)
 
     def _choose(self, graph: ChannelGraph, step: int) -> np.ndarray:
         opts = dict(self._data)

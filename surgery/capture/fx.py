@@ -21,7 +21,7 @@ from surgery.core.inputs import as_inputs, evaluating
 from surgery.ops.context import VALUE_KEY, TensorMeta
 from surgery.ops.registry import leaf_functions, rule_for
 
-__all__ = ["symbolic_trace", "propagate", "placeholder_args", "Recorder", "leaf_paths", "owning_module", "width_owners"]
+__all__ = ["symbolic_trace", "unlinked", "propagate", "placeholder_args", "Recorder", "leaf_paths", "owning_module", "width_owners"]
 
 
 class _Tracer(fx.Tracer):
@@ -82,6 +82,26 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable = ()) -> fx.GraphMod
         except Exception as err:  # fx raises TraceError, TypeError, RuntimeError, ...
             raise TraceError(_explain(model, tracer, err)) from err
         return _graph_module(tracer.root, graph, type(model).__name__)
+
+
+def unlinked(gm: fx.GraphModule) -> fx.Graph:
+    """``gm``'s graph with its back reference to ``gm`` cut. torch.fx links a GraphModule and its
+    graph both ways, so a dropped GraphModule is cyclic garbage that keeps the layers it
+    references (the replaced weights after an in-place rewrite) until Python's next full
+    collection; unlinked, it is freed as soon as it is dropped. For a graph that is only read
+    (compared, propagated over another root) or a GraphModule that is done with.
+
+    Example:
+        >>> import gc, weakref, torch.nn as nn
+        >>> gm = symbolic_trace(nn.Sequential(nn.Linear(2, 2)))
+        >>> graph, alive, flag = unlinked(gm), weakref.ref(gm), gc.isenabled()
+        >>> gc.disable(); del gm; gone = alive() is None; _ = flag and gc.enable()
+        >>> gone, graph.owning_module
+        (True, None)
+    """
+    graph = gm.graph
+    graph.owning_module = None
+    return graph
 
 
 def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:

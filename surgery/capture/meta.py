@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.stateless import _reparametrize_module
 
-from surgery.capture.fx import Recorder, placeholder_args, symbolic_trace
+from surgery.capture.fx import Recorder, placeholder_args, symbolic_trace, unlinked
 from surgery.core.inputs import as_inputs, evaluating
 
 __all__ = ["propagate_meta", "run_meta", "NeedsValues", "on_meta", "SAME_SHAPE", "sharing_traces"]
@@ -76,7 +76,7 @@ def _own_graph(model: nn.Module) -> fx.Graph | None:
     if shared is not None and key in shared:
         return shared[key][1]
     try:
-        graph = symbolic_trace(model).graph
+        graph = unlinked(symbolic_trace(model))
     except Exception:
         graph = None
     if shared is not None:

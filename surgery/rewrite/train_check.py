@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from surgery.capture.fx import symbolic_trace
+from surgery.capture.fx import symbolic_trace, unlinked
 from surgery.core.inputs import as_inputs, evaluating
 from surgery.core.transaction import untouched
 
@@ -75,15 +75,11 @@ def _graphs_differ(model: nn.Module, traced: fx.Graph | None = None) -> bool:
                 graphs.append(_signature_of(traced))
                 continue
             model.train(train)
-            graphs.append(_signature(symbolic_trace(model)))
+            graphs.append(_signature_of(unlinked(symbolic_trace(model))))
     finally:
         for m, mode in modes.items():
             m.training = mode
     return graphs[0] != graphs[1]
-
-
-def _signature(gm: fx.GraphModule) -> list:
-    return _signature_of(gm.graph)
 
 
 def _signature_of(graph: fx.Graph) -> list:

@@ -2,11 +2,13 @@
 memory together (the peak of verifying a large block is one copy lower)."""
 from __future__ import annotations
 
+import gc
 import weakref
 
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 import surgery
 import surgery.rewrite.reference as reference_mod
@@ -59,3 +61,22 @@ def test_a_decoder_block_reference_is_freed_too(monkeypatch):
     pruned = surgery.prune(block, inputs, ratio=0.5, attention="heads", inplace=True)
     assert pruned.surgery_verification.exact
     assert seen["alive_at_rewrite"] == [False]
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_an_in_place_prune_frees_the_replaced_layers_without_a_garbage_collection(verify):
+    """torch.fx links a traced GraphModule and its graph both ways; the traces a prune makes are
+    unlinked, so the layers an in-place rewrite replaced (the old weights) go when the call
+    returns, not at Python's next full collection."""
+    model = torchvision.models.resnet18().eval()
+    old = weakref.ref(model.layer1[0].conv1)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        surgery.prune(model, torch.randn(1, 3, 64, 64), ratio=0.5, verify=verify, inplace=True)
+        assert model.layer1[0].conv1.out_channels == 32
+        assert old() is None
+    finally:
+        if enabled:
+            gc.enable()
