@@ -78,24 +78,61 @@ def _bias_follows_weight(ctx: RuleContext, w_axes: dict, b) -> None:
 
 
 def conv_fn(ctx: RuleContext, node: fx.Node):
-    """F.conv*d(x, weight[out, in/g, ...], bias, ..., groups): groups=1 only; else frozen."""
+    """F.conv*d(x, weight[out, in/g, ...], bias, ..., groups), as the conv layer's rule: groups=1
+    a consumer and a producer; depthwise (one input channel per group) each output row follows
+    its input channel and the ``groups`` literal follows the kept count; other grouped convs
+    remove the same positions in every group. Kernel dims and a computed ``groups`` freeze."""
     x, shape = _operand(ctx, node.args[0])
     w = _operand(ctx, ctx.arg(1, "weight"))
+    b = _operand(ctx, ctx.arg(2, "bias"))
     groups = ctx.arg(6, "groups", 1)
     w_axes = w[0] if w else {}
-    if groups != 1 or not w:
-        b = _operand(ctx, ctx.arg(2, "bias"))
-        ctx.freeze_all([x, w_axes, b[0] if b else {}], "functional grouped conv")
+    if not w or not isinstance(groups, int) or len(shape) < 2 or shape[1] % groups or w[1][0] % groups:
+        ctx.freeze_all([x, w_axes, b[0] if b else {}], "functional conv with a computed groups or untracked weight")
         return {}
-    out = linear_fn_like(ctx, x.get(1), w_axes)
-    _bias_follows_weight(ctx, w_axes, _operand(ctx, ctx.arg(2, "bias")))
     for d, v in x.items():
         if d != 1:
             ctx.freeze(v, "conv over a channel dim")
     for d, v in w_axes.items():
         if d >= 2:
             ctx.freeze(v, "a conv kernel's spatial dim")
+    if groups == 1:
+        out = linear_fn_like(ctx, x.get(1), w_axes)
+    elif shape[1] == groups:
+        out = _depthwise(ctx, node, x.get(1), w_axes, w[1][0] // groups)
+    else:
+        out = _grouped(ctx, x.get(1), w_axes, groups)
+    _bias_follows_weight(ctx, w_axes, b)
     return out
+
+
+def _depthwise(ctx: RuleContext, node: fx.Node, in_vars, w_axes: dict, multiplier: int) -> dict:
+    """Output row ``i * multiplier + j`` is input channel ``i``'s: one unit per input channel."""
+    if 1 in w_axes:
+        ctx.freeze(w_axes[1], "a depthwise kernel's single input slot")
+    if in_vars is None or 0 not in w_axes:
+        ctx.freeze_all([{0: in_vars} if in_vars is not None else {}, {0: w_axes.get(0)} if 0 in w_axes else {}],
+                       "depthwise conv with an untracked operand")
+        return {}
+    ctx.unify(np.repeat(in_vars, multiplier), w_axes[0])
+    ctx.add_patch(("args", 6) if len(node.args) > 6 else ("kwargs", "groups"), in_vars)
+    return {1: w_axes[0]}
+
+
+def _grouped(ctx: RuleContext, in_vars, w_axes: dict, groups: int) -> dict:
+    """The same positions go in every group, on the input and on the output side."""
+    if in_vars is not None and 1 in w_axes:
+        blocks = in_vars.reshape(groups, -1)
+        for row in blocks:
+            ctx.unify(row, w_axes[1])
+    elif in_vars is not None or 1 in w_axes:
+        ctx.freeze(in_vars if in_vars is not None else w_axes[1], "grouped conv with an untracked operand")
+    if 0 not in w_axes:
+        return {}
+    rows = w_axes[0].reshape(groups, -1)
+    for row in rows[1:]:
+        ctx.unify(rows[0], row)
+    return {1: w_axes[0]}
 
 
 def linear_fn_like(ctx: RuleContext, in_vars, w_axes: dict) -> dict:

@@ -346,6 +346,7 @@ def _sized_module(root: nn.Module, name: str) -> nn.Module | None:
 
 _SIZE_CALLS = {"split", "view", "reshape", "narrow", "unflatten", "expand", "tensor_split", "split_with_sizes",
                "new_zeros", "new_ones", "new_empty", "new_full", "zeros", "ones", "empty", "full", "randn", "rand"}
+_CONV_CALLS = {"conv1d", "conv2d", "conv3d"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -353,6 +354,29 @@ def size_attributes(cls: type) -> frozenset:
     """Names ``self.<name>`` that the class's code (any method, its bases outside torch) passes
     to a size-taking call or uses as a slice bound."""
     names: set = set()
+    for node in _class_nodes(cls):
+        if isinstance(node, ast.Call) and _callee(node.func) in _SIZE_CALLS:
+            for arg in list(node.args) + [k.value for k in node.keywords]:
+                names |= _self_attributes(arg)
+        elif isinstance(node, ast.Slice):
+            names |= _self_attributes(node)
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=None)
+def groups_attributes(cls: type) -> frozenset:
+    """Names ``self.<name>`` that the class's code passes as a functional conv's ``groups``: a
+    depthwise conv's groups is its width, so a patched ``groups`` literal follows into them."""
+    names: set = set()
+    for node in _class_nodes(cls):
+        if isinstance(node, ast.Call) and _callee(node.func) in _CONV_CALLS:
+            for arg in node.args[6:7] + [k.value for k in node.keywords if k.arg == "groups"]:
+                names |= _self_attributes(arg)
+    return frozenset(names)
+
+
+def _class_nodes(cls: type):
+    """Every AST node of the class's source and of its bases outside torch."""
     for klass in cls.__mro__:
         if klass is object or klass.__module__.startswith("torch."):
             continue
@@ -360,13 +384,7 @@ def size_attributes(cls: type) -> frozenset:
             tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
         except (OSError, TypeError, SyntaxError):
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _callee(node.func) in _SIZE_CALLS:
-                for arg in list(node.args) + [k.value for k in node.keywords]:
-                    names |= _self_attributes(arg)
-            elif isinstance(node, ast.Slice):
-                names |= _self_attributes(node)
-    return frozenset(names)
+        yield from ast.walk(tree)
 
 
 def _callee(func: ast.expr) -> str | None:
@@ -430,7 +448,8 @@ def _handled_attributes(module: nn.Module) -> set:
         handler_for(module)
     except TypeError:
         return set()
-    return {attr for attr, value in vars(module).items() if type(value) is int} - size_attributes(type(module))
+    return {attr for attr, value in vars(module).items() if type(value) is int} - size_attributes(type(module)) \
+        - groups_attributes(type(module))
 
 
 def _set_path(obj, path: tuple, value):

@@ -109,6 +109,27 @@ def test_weight_standardisation_prunes_as_a_normalisation_over_channels(x32):
     assert not p.surgery_verification.exact and p(x32).shape == m(x32).shape  # standardised dim: not exact
 
 
+class FunctionalConv(nn.Conv2d):
+    """A Conv2d subclass whose forward calls F.conv2d with its own groups (timm's ScaledStdConv2d
+    does, grouped in NF-RegNet)."""
+    def forward(self, x):
+        return F.conv2d(x, self.weight * 1.0, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def test_functional_depthwise_and_grouped_convs_prune_exactly_and_keep_the_class():
+    """Depthwise (two rows per input channel): the rows follow their input channel and the groups
+    literal, read from self.groups, follows the kept count; grouped: the same positions go in
+    every group and groups stays."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    m = prepared(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), FunctionalConv(8, 16, 3, padding=1, groups=8),
+                               nn.ReLU(), FunctionalConv(16, 16, 3, padding=1, groups=4), nn.ReLU(),
+                               nn.Conv2d(16, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)))
+    p = prune_exact(m, x)
+    assert type(p) is nn.Sequential
+    assert p[0].out_channels == 4 and p[2].weight.shape == (8, 1, 3, 3) and p[2].groups == 4
+    assert p[4].weight.shape == (8, 2, 3, 3) and p[4].groups == 4
+
+
 class RotatedKernelConv(nn.Conv2d):
     """A weight made by an op with no channel rule: its rows, and so its bias, cannot be sliced."""
     def forward(self, x):
