@@ -181,6 +181,8 @@ ATEN_RULES = {
     functional.linear_fn: _ops("linear"),
     functional.layer_norm_fn: _ops("layer_norm"),
     functional.conv_fn: _ops("conv2d", "conv1d", "conv3d"),
+    functional.batch_norm_fn: _ops("batch_norm"),  # its per-channel tensors in another order: all unify alike
+    functional.group_norm_fn: _ops("group_norm"),
     bookkeeping: _ops("_assert_tensor_metadata", "sym_size", "sym_numel", "_assert_scalar",
                       "sym_constrain_range_for_size", "_assert_async"),
 }

@@ -119,9 +119,11 @@ class ConvHandler(Handler):
         return conv_rows(module, role)
 
     def tensor_dims(self, module, role):
-        if module.groups != 1:
-            return None
         transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+        if module.groups == module.in_channels == module.out_channels and not transposed:  # depthwise:
+            return [("weight", 0)] + ([("bias", 0)] if module.bias is not None else []) if role == "out" else []
+        if module.groups != 1:  # its rows are its channels, the input side has none of its own
+            return None
         dim = 0 if (role == "out") != transposed else 1
         return [("weight", dim)] + ([("bias", 0)] if role == "out" and module.bias is not None else [])
 

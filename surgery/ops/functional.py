@@ -10,7 +10,7 @@ from surgery.ops.context import RuleContext
 from surgery.ops.elementwise import broadcast_axes
 from surgery.ops.registry import register_function
 
-__all__ = ["layer_norm_fn", "linear_fn", "conv_fn", "batch_norm_fn"]
+__all__ = ["layer_norm_fn", "linear_fn", "conv_fn", "batch_norm_fn", "group_norm_fn"]
 
 
 def _operand(ctx: RuleContext, arg):
@@ -162,7 +162,36 @@ def batch_norm_fn(ctx: RuleContext, node: fx.Node):
     return out
 
 
+def group_norm_fn(ctx: RuleContext, node: fx.Node):
+    """F.group_norm(x, num_groups, weight, bias), as the GroupNorm layer's rule: a group's channels
+    are one unit (whole groups go: the kept groups' statistics are unchanged) and the
+    ``num_groups`` literal follows the kept count; one group normalises over all channels (not
+    exact). A computed ``num_groups`` freezes the channels."""
+    x, shape = _operand(ctx, node.args[0])
+    groups = ctx.arg(1, "num_groups")
+    params = [p[0] for p in (_operand(ctx, ctx.arg(2, "weight")), _operand(ctx, ctx.arg(3, "bias"))) if p]
+    channels = x.get(1)
+    if channels is None or not isinstance(groups, int) or groups < 1 or len(channels) % groups:
+        ctx.freeze_all([x] + params, "group_norm with a computed num_groups or untracked channels")
+        return {}
+    for p in params:
+        if 0 in p:
+            ctx.unify(channels, p[0])
+    for d, v in x.items():
+        if d >= 2:  # averaged over within each group
+            ctx.mark_norm(v, "F.group_norm")
+    if groups == 1:
+        ctx.mark_norm(channels, "F.group_norm with one group")
+        return dict(x)
+    rows = channels.reshape(groups, -1)
+    for row in rows:
+        ctx.unify(np.full(len(row), row[0]), row)
+    ctx.add_patch(("args", 1) if len(node.args) > 1 else ("kwargs", "num_groups"), rows[:, 0])
+    return dict(x)
+
+
 register_function(F.layer_norm)(layer_norm_fn)
+register_function(F.group_norm)(group_norm_fn)
 register_function(F.linear)(linear_fn)
 register_function(F.conv1d, F.conv2d, F.conv3d)(conv_fn)
 register_function(F.batch_norm)(batch_norm_fn)

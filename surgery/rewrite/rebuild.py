@@ -346,7 +346,8 @@ def _sized_module(root: nn.Module, name: str) -> nn.Module | None:
 
 _SIZE_CALLS = {"split", "view", "reshape", "narrow", "unflatten", "expand", "tensor_split", "split_with_sizes",
                "new_zeros", "new_ones", "new_empty", "new_full", "zeros", "ones", "empty", "full", "randn", "rand"}
-_CONV_CALLS = {"conv1d", "conv2d", "conv3d"}
+_GROUPS_ARG = {"conv1d": (6, "groups"), "conv2d": (6, "groups"), "conv3d": (6, "groups"),
+               "group_norm": (1, "num_groups")}  # call -> where it takes a count of channel groups
 
 
 @functools.lru_cache(maxsize=None)
@@ -365,12 +366,14 @@ def size_attributes(cls: type) -> frozenset:
 
 @functools.lru_cache(maxsize=None)
 def groups_attributes(cls: type) -> frozenset:
-    """Names ``self.<name>`` that the class's code passes as a functional conv's ``groups``: a
-    depthwise conv's groups is its width, so a patched ``groups`` literal follows into them."""
+    """Names ``self.<name>`` that the class's code passes as a functional conv's ``groups`` or a
+    group norm's ``num_groups``: counts that pruning changes (a depthwise conv's groups is its
+    width), so a patched literal follows into them."""
     names: set = set()
     for node in _class_nodes(cls):
-        if isinstance(node, ast.Call) and _callee(node.func) in _CONV_CALLS:
-            for arg in node.args[6:7] + [k.value for k in node.keywords if k.arg == "groups"]:
+        if isinstance(node, ast.Call) and _callee(node.func) in _GROUPS_ARG:
+            position, keyword = _GROUPS_ARG[_callee(node.func)]
+            for arg in node.args[position:position + 1] + [k.value for k in node.keywords if k.arg == keyword]:
                 names |= _self_attributes(arg)
     return frozenset(names)
 

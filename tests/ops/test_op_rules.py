@@ -130,6 +130,42 @@ def test_functional_depthwise_and_grouped_convs_prune_exactly_and_keep_the_class
     assert p[4].weight.shape == (8, 2, 3, 3) and p[4].groups == 4
 
 
+def test_a_functional_depthwise_conv_through_torch_export_rebuilds_its_layer():
+    """On the export front the user's forward runs as written: the depthwise layer itself is
+    rebuilt by its handler, so ``self.groups`` follows the kept channels."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    m = prepared(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), FunctionalConv(8, 8, 3, padding=1, groups=8),
+                               nn.ReLU(), nn.Conv2d(8, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)))
+    p = prune_exact(m, x, tracer="export")
+    assert p[2].groups == p[2].in_channels == p[2].out_channels == p[2].weight.shape[0] == 4
+
+
+class FunctionalGroupNorm(nn.GroupNorm):
+    """timm's GroupNormAct: F.group_norm with the layer's own num_groups."""
+    def forward(self, x):
+        return F.relu(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+
+
+class FunctionalBatchNorm(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: F.batch_norm with the layer's own statistics (aten.batch_norm when
+    exported)."""
+    def forward(self, x):
+        return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                   self.eps))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_functional_group_norm_and_batch_norm_prune_whole_groups_exactly(tracer):
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    m = prepared(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), FunctionalGroupNorm(4, 16), nn.Conv2d(16, 8, 1),
+                               FunctionalBatchNorm(8), nn.Conv2d(8, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(6, 5)))
+    p = prune_exact(m, x, tracer=tracer)
+    assert type(p) is nn.Sequential
+    assert p[0].out_channels == p[1].weight.shape[0] == 8 and p[1].num_groups == 2  # two whole groups of four
+    assert p[2].out_channels == p[3].running_mean.shape[0] == 4
+
+
 class RotatedKernelConv(nn.Conv2d):
     """A weight made by an op with no channel rule: its rows, and so its bias, cannot be sliced."""
     def forward(self, x):

@@ -129,6 +129,7 @@ FUNCTION_CALLS = {
     "conv2d": lambda f: lambda y, w: f(y, w[:, :, None, None]),
     "conv3d": lambda f: lambda y, w: f(y.unsqueeze(2), w[:, :, None, None, None]).squeeze(2),
     "batch_norm": lambda f: lambda y, w: f(y, w[0], w[1].abs() + 1, training=False),
+    "group_norm": lambda f: lambda y, w: f(y, 4, w[0], w[1]),  # four groups of two: whole groups go
     "iadd": lambda f: lambda y: f(y * 1, y), "isub": lambda f: lambda y: f(y * 1, y * 0.5),
     "imul": lambda f: lambda y: f(y * 1, y), "itruediv": lambda f: lambda y: f(y * 1, _pos(y)),
     "truediv": lambda f: lambda y: f(y, _pos(y)), "floordiv": lambda f: lambda y: f(y, 0.5),

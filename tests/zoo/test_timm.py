@@ -54,6 +54,14 @@ def test_timm_family_representative(family):
     assert check(*DEFAULT[family]) in ("exact", "norm")
 
 
+@pytest.mark.parametrize("name, outcome", [("tf_mobilenetv3_small_minimal_100", "exact"), ("resnetv2_50x1_bit", "norm")])
+def test_timm_layers_that_call_functional_convs_and_norms(name, outcome):
+    """TF-ported models (Conv2dSame: F.conv2d with self.groups, depthwise; BatchNormAct2d:
+    F.batch_norm, exported as aten.batch_norm) and BiT (StdConv2d, GroupNormAct: F.group_norm)
+    prune; the BiT outcome is a normalisation over channels (weight standardisation)."""
+    assert check(name, 64) == outcome
+
+
 def _smallest(family: str) -> str:
     sized = []
     for name in timm.list_models(module=family):
