@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from surgery.ops.context import RuleContext
 from surgery.ops.elementwise import broadcast_axes
+from surgery.ops.norm import whole_groups
 from surgery.ops.registry import register_function
 
 __all__ = ["layer_norm_fn", "linear_fn", "conv_fn", "batch_norm_fn", "group_norm_fn"]
@@ -183,10 +184,8 @@ def group_norm_fn(ctx: RuleContext, node: fx.Node):
     if groups == 1:
         ctx.mark_norm(channels, "F.group_norm with one group")
         return dict(x)
-    rows = channels.reshape(groups, -1)
-    for row in rows:
-        ctx.unify(np.full(len(row), row[0]), row)
-    ctx.add_patch(("args", 1) if len(node.args) > 1 else ("kwargs", "num_groups"), rows[:, 0])
+    per_group = whole_groups(ctx, channels, groups)
+    ctx.add_patch(("args", 1) if len(node.args) > 1 else ("kwargs", "num_groups"), per_group)
     return dict(x)
 
 

@@ -57,11 +57,19 @@ def group_norm(ctx: RuleContext, node: fx.Node):
     axes, _ = first_input(ctx, node)
     v = axes.get(1)
     if v is not None and m.num_groups > 1:
-        for row in v.reshape(m.num_groups, -1):
-            ctx.unify(np.full(len(row), row[0]), row)
+        whole_groups(ctx, v, m.num_groups)
     elif v is not None:
         ctx.mark_norm(v, f"GroupNorm(1 group) '{node.target}'")
     return per_channel(ctx, node, 1)
+
+
+def whole_groups(ctx: RuleContext, channels: np.ndarray, groups: int) -> np.ndarray:
+    """Make each of ``groups`` consecutive blocks of ``channels`` one unit (a group norm's
+    statistics stay exact only when whole groups go); returns one variable per group."""
+    rows = channels.reshape(groups, -1)
+    for row in rows:
+        ctx.unify(np.full(len(row), row[0]), row)
+    return rows[:, 0]
 
 
 class GroupNormHandler(PerChannelHandler):
