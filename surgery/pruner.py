@@ -171,6 +171,7 @@ class Pruner:
         before = copy.deepcopy(self.model) if self.config.reconstruct != "none" else None
         new, self.verification = checked_rewrite(self.model, graph, units, self.example_inputs,
                                                  inplace=self._owned, verify_exact=self.config.verify,
+                                                 strict=self.config.verify_dtype == "float64",
                                                  new_object_ok=self.model is not self._callers)
         self.model, self._owned = record(new, self.model, plan, touched_layers(graph, units)), True
         object.__setattr__(self.model, KEEPS, keep_indices(graph, units))

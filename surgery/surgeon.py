@@ -122,7 +122,8 @@ class Surgeon:
         with transaction(self.model):
             try:
                 new, verification = checked_rewrite(self.model, self.graph, units, self.example_inputs,
-                                                    inplace=True, verify_exact=self.config.verify)
+                                                    inplace=True, verify_exact=self.config.verify,
+                                                    strict=self.config.verify_dtype == "float64")
             except InPlaceError as err:
                 raise InPlaceError(f"{err}. Surgeon edits your object in place: prune this layer with "
                                    f"surgery.prune(..., inplace=False) or a Pruner instead") from None

@@ -30,6 +30,7 @@ ATTENTION = ("dims", "heads")
 NORMALIZE = ("none", "mean", "max", "lamp", "flops", "latency")
 SCHEDULES = ("linear", "exponential")
 RECONSTRUCT = ("none", "least_squares")
+VERIFY_DTYPES = ("auto", "float64")
 
 
 def option(default: Any = None, help: str = "", *, plain: Any = None, cli: str | None = "", flag: str = "",
@@ -115,6 +116,10 @@ class PruneConfig:
                            plain=bool, cli=None)
     verify: bool = option(True, "check the rewrite against the original with the removed channels masked "
                           "(VerificationError on a mismatch); off: output shapes only", plain=bool)
+    verify_dtype: str = option("auto", "auto: check in float32 (float64 models in float64), again in float64 "
+                               "where float32 rounding could explain a difference; float64: in float64 from the "
+                               "start (when two float64 copies of the weights fit in 2 GB)", plain=str,
+                               choices=VERIFY_DTYPES)
     attention: str = option("dims", "dims: every head loses the same head dims; heads: whole heads go",
                             plain=str, choices=ATTENTION)
     head_ratio: Optional[float] = option(None, "fraction of attention heads to remove (default: ratio)",
@@ -168,6 +173,8 @@ class PruneConfig:
             raise ArgumentError(f"schedule must be 'linear', 'exponential' or a callable, got {self.schedule!r}")
         if self.normalize not in NORMALIZE:
             raise ArgumentError(f"normalize must be one of {', '.join(NORMALIZE)}; got {self.normalize!r}")
+        if self.verify_dtype not in VERIFY_DTYPES:
+            raise ArgumentError(f"verify_dtype must be 'auto' or 'float64', got {self.verify_dtype!r}")
         if self.reconstruct not in RECONSTRUCT:
             raise ArgumentError(f"reconstruct must be one of {', '.join(RECONSTRUCT)}, got {self.reconstruct!r}")
         for name in ("global_pruning", "inplace", "verify", "recalibrate"):

@@ -47,6 +47,9 @@ def conv(ctx: RuleContext, node: fx.Node):
 
 
 
+_PLAIN = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 class ConvHandler(Handler):
     """Plain, depthwise (whole groups removed) and grouped convs (balanced removal)."""
     replaces = ("weight", "bias")
@@ -126,6 +129,12 @@ class ConvHandler(Handler):
             return None
         dim = 0 if (role == "out") != transposed else 1
         return [("weight", dim)] + ([("bias", 0)] if role == "out" and module.bias is not None else [])
+
+    def channel_dims(self, module):
+        if type(module) not in _PLAIN:  # transposed convs, subclasses with their own forward
+            return None
+        channel = -(len(module.kernel_size) + 1)  # batched or not: (N,) C, *spatial
+        return channel, channel
 
     def mask(self, module, keep_in, keep_out):
         if keep_out is not None and not isinstance(module, nn.modules.conv._ConvTransposeNd):

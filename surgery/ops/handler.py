@@ -56,6 +56,15 @@ class Handler:
         override it, or verification reports a mismatch (it never passes a wrong rewrite)."""
         return module
 
+    def channel_dims(self, module: nn.Module) -> tuple[int, int] | None:
+        """``(in_dim, out_dim)``, counted from the end, when :meth:`mask` is the same as zeroing
+        the removed channels of the module's input and output tensors along those dims:
+        verification then masks the module's activations with hooks instead of copying its
+        weights, and compares its outputs layer by layer. ``None`` (the default): it cannot
+        (a layer that reads its weights in other ways, or whose output channels are not its
+        rows)."""
+        return None
+
 
 
 

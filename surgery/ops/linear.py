@@ -56,6 +56,9 @@ class LinearHandler(Handler):
             return [("weight", 1)]
         return [("weight", 0)] + ([("bias", 0)] if module.bias is not None else [])
 
+    def channel_dims(self, module):
+        return (-1, -1) if type(module) is nn.Linear else None  # a subclass may have its own forward
+
     def mask(self, module, keep_in, keep_out):
         with torch.no_grad():
             if keep_in is not None:

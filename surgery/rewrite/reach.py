@@ -19,9 +19,17 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch.fx as fx
 
-__all__ = ["downstream", "reached_outputs", "flat_output_nodes"]
+__all__ = ["downstream", "reached_outputs", "flat_output_nodes", "crossed"]
+
+
+def crossed(graph, removed: np.ndarray) -> list:
+    """``[(description, node name)]`` of each normalisation over channels in ``graph`` (a
+    :class:`surgery.groups.graph.ChannelGraph`) that sees removed channels."""
+    gone = graph.removed_mask(removed)
+    return [(what, node) for what, vars_, node in graph.norms if gone[graph.roots[vars_]].any()]
 
 
 def downstream(gm: fx.GraphModule, sources: set) -> set:

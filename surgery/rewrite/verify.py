@@ -33,12 +33,14 @@ from surgery.groups.graph import ChannelGraph, Group
 from surgery.ops.handler import Handler
 from surgery.ops.registry import handler_for
 from surgery.core.inputs import check_finite, check_not_empty, flat_tensors, run_eval
-from surgery.rewrite.reach import downstream, reached_outputs
+from surgery.rewrite.reach import crossed, downstream, reached_outputs
 from surgery.rewrite.rebuild import keep_indices, rewrite
 from surgery.core.transaction import transaction, untouched
 from surgery.ops.context import VALUE_KEY, TensorMeta
-from surgery.rewrite.reference import (FLOAT64_LIMIT, ReferenceRun, masked_reference, reference_outputs,
-                                       run_reference)
+from surgery.rewrite import layer_check
+from surgery.rewrite.layer_check import recording
+from surgery.rewrite.reference import (FLOAT64_LIMIT, ReferenceRun, _channel_dims, masked_reference,
+                                       reference_outputs, run_reference, watched_layers)
 from surgery.rewrite.train_check import branches_on_training, train_forward
 from surgery.capture.fx import owning_module
 from surgery.capture.meta import NeedsValues, run_meta, sharing_traces
@@ -48,7 +50,6 @@ __all__ = ["Verification", "masked_reference", "verify", "compare", "checked_rew
            "check_output_shapes", "FLOAT64_LIMIT"]
 
 MIN_FINITE = 0.5  # fraction of the original's output values that must be finite to say "verified"
-_TOL = {torch.float64: 1e-7, torch.float32: 2e-3}
 
 
 @dataclass
@@ -65,10 +66,12 @@ class Verification:
     train: str = ""
     elements: int = 0  # output values compared (finite in the reference)
     total: int = 0  # output values in the compared outputs
+    layers: int = 0  # layer calls whose output fingerprints were compared
 
     def __str__(self) -> str:
         train = f"; {self.train}" if self.train else ""
         counted = f", {self.elements:,} of {self.total:,} output values compared" if self.total else ""
+        counted += f", {self.layers:,} layer outputs compared" if self.layers else ""
         if self.exact:
             return (f"verified: pruned == masked original (max relative error {self.max_error:.2e}, "
                     f"{self.dtype}{counted}){train}")
@@ -90,10 +93,7 @@ def crossed_norms(graph: ChannelGraph, removed: np.ndarray) -> list:
     return [what for what, _ in _crossed(graph, removed)]
 
 
-def _crossed(graph: ChannelGraph, removed: np.ndarray) -> list:
-    """(description, node name) of each channel normalisation that sees removed channels."""
-    gone = graph.removed_mask(removed)
-    return [(what, node) for what, vars_, node in graph.norms if gone[graph.roots[vars_]].any()]
+_crossed = crossed
 
 
 def inexact_outputs(graph: ChannelGraph, removed: np.ndarray) -> list:
@@ -118,31 +118,47 @@ def verify(reference: nn.Module, pruned: nn.Module, graph: ChannelGraph, removed
     model's code reads ``self.training``, in train mode too; raise :class:`VerificationError`
     naming the first diverging layer on a mismatch."""
     try:
-        return compare(run_reference(reference, graph, example_inputs), pruned, graph, removed)
+        watched = watched_layers(reference, graph, removed)
+        return compare(run_reference(reference, graph, example_inputs, watched=watched), pruned, graph, removed)
     except _Diverged as d:
-        with cast_temporarily(pruned, d.run.dtype), untouched(pruned):
-            where = first_divergence(reference, pruned, d.run.inputs, d.tol, keep_indices(graph, removed), d.skip)
+        where = d.where
+        if where is None:
+            with cast_temporarily(pruned, d.run.dtype), untouched(pruned):
+                where = first_divergence(reference, pruned, d.run.inputs, d.tol, keep_indices(graph, removed),
+                                         d.skip)
         raise VerificationError(_message(d.error, d.tol, d.run.dtype, where, graph, removed)
                                 + _mask_hint(reference, where)) from None
 
 
 class _Diverged(Exception):
-    """The pruned model's outputs differ from the reference's (``error`` over ``tol``); the
-    layer to blame is found where a reference is at hand (``skip``: layers not to blame)."""
+    """The pruned model differs from the reference (``error`` over ``tol``) at layer ``where``
+    (a fingerprinted layer) or in its outputs (``where`` None: the layer to blame is found
+    where a reference is at hand; ``skip``: layers not to blame)."""
 
-    def __init__(self, run: ReferenceRun, error: float, tol: float, skip: set) -> None:
+    def __init__(self, run: ReferenceRun, error: float, tol: float, skip: set, where: str | None = None) -> None:
         super().__init__(f"differs by {error:.3g}")
-        self.run, self.error, self.tol, self.skip = run, error, tol, skip
+        self.run, self.error, self.tol, self.skip, self.where = run, error, tol, skip, where
+
+
+class _Doubt(Exception):
+    """A float32 check found a difference that float32 rounding could explain: check again in
+    ``dtype``."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__(f"check again in {dtype}")
+        self.dtype = dtype
 
 
 def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: np.ndarray) -> Verification:
-    """Compare ``pruned`` with what the masked reference computed (:func:`run_reference`);
-    raises :class:`_Diverged` on a mismatch (after checking the output shapes)."""
+    """Compare ``pruned`` with what the masked reference computed (:func:`run_reference`): its
+    outputs and the fingerprints of its layers (:mod:`layer_check`). Raises :class:`_Diverged`
+    on a mismatch (after checking the output shapes), or :class:`_Doubt` when a float32
+    difference should be looked at in float64 (``run.then``)."""
     crossed = _crossed(graph, removed)
-    dtype, inputs, ref_out = run.dtype, run.inputs, run.outputs
-    tol = _TOL.get(dtype, 5e-2)
+    dtype, inputs, ref_out, tol = run.dtype, run.inputs, run.outputs, run.tolerance
     with cast_temporarily(pruned, dtype), untouched(pruned):
-        out = flat_tensors(run_eval(pruned, inputs))
+        with recording(pruned, _same_layers(pruned, run.watched)) as layers:
+            out = flat_tensors(run_eval(pruned, inputs))
         inexact = inexact_outputs(graph, removed)
         if len(inexact) != len(ref_out):  # the model ran another branch than the one traced
             inexact = [bool(crossed)] * len(ref_out)
@@ -150,8 +166,14 @@ def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: 
         _check_something_compared(ref_out, compared)
         error, elements, total = _relative_error(ref_out, out, compared)
         del out
-        if not error <= tol:
+        layer_tol = run.layer_tolerance if run.layer_tolerance is not None else float("inf")
+        layer_error, where, calls = layer_check.layer_error(run.layers, layers, layer_tol)
+        if not error <= tol or where is not None:
+            if run.then is not None:
+                raise _Doubt(run.then)
             check_output_shapes(graph, pruned, inputs)  # a shape change gets its own message
+            if where is not None:
+                raise _Diverged(run, layer_error, layer_tol, set(), where)
             raise _Diverged(run, error, tol, _modules_after(graph, crossed))
         if type(pruned) is run.model_type:
             train = _train_mode(run, pruned, tol, compare=not crossed)
@@ -159,7 +181,7 @@ def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: 
             train = _train_runs(pruned, inputs)
             train += " (a GraphModule: `if self.training` branches as traced)" if train else ""
     kind = str(dtype).replace("torch.", "")
-    counts = dict(elements=elements, total=total)
+    counts = dict(elements=elements, total=total, layers=calls)
     if elements < total:  # some outputs are NaN or inf: name the weights that hold such values
         warn_non_finite(run.non_finite or [])
     if total and elements < MIN_FINITE * total:
@@ -171,9 +193,15 @@ def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: 
         return Verification(exact=True, max_error=error, dtype=kind, train=train, **counts)
     unchecked = [what for what, _ in crossed]
     if not compared:
-        return Verification(exact=False, unchecked=unchecked, train=train)
+        return Verification(exact=False, unchecked=unchecked, train=train, layers=calls)
     return Verification(exact=False, max_error=error, dtype=kind, unchecked=unchecked,
                         compared=f"outputs {compared} of {len(ref_out)}", train=train, **counts)
+
+
+def _same_layers(pruned: nn.Module, watched: dict) -> dict:
+    """The ``watched`` layers that the pruned model has, unchanged in kind: ``{name: (dim, None)}``
+    (its outputs hold the kept channels only)."""
+    return {name: (dim, None) for name, (dim, _) in watched.items() if _channel_dims(pruned, name) is not None}
 
 
 def _check_something_compared(ref_out: list, compare: list) -> None:
@@ -199,6 +227,8 @@ def _train_mode(run: ReferenceRun, pruned: nn.Module, tol: float, compare: bool)
         return run.train
     out = _train_outputs(pruned, run.inputs)
     error = _relative_error(run.train, out, list(range(len(run.train))) if compare else [])[0]
+    if not error <= tol and run.then is not None:
+        raise _Doubt(run.then)
     if not error <= tol:
         raise VerificationError(
             f"in train mode (the model's code reads self.training) the pruned model differs from the original "
@@ -423,37 +453,47 @@ def warn_norms(norms: list) -> None:
 
 
 def checked_rewrite(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, example_inputs: Any, *,
-                    inplace: bool, verify_exact: bool = True, new_object_ok: bool = False
+                    inplace: bool, verify_exact: bool = True, new_object_ok: bool = False, strict: bool = False
                     ) -> tuple[nn.Module, Verification]:
     """Rewrite, then verify (exactly, or shapes only with ``verify_exact=False``); all or
     nothing: with ``inplace`` the model is restored on any error, and without it the
     user's model is never touched. ``inplace`` without ``new_object_ok`` returns the model
     object itself or raises :class:`surgery.rewrite.rebuild.InPlaceError`.
 
-    The masked reference runs before the rewrite and is freed at once: only its outputs are
-    kept, so it is never in memory together with the pruned model (on a mismatch it is built
-    again, after the model is restored, to name the first diverging layer)."""
+    The masked reference runs before the rewrite (the model itself, masked for that run, or a
+    cast copy freed at once): only its outputs and its layers' fingerprints are kept, so it is
+    never in memory together with the pruned model. A float32 check that finds a difference
+    within what float32 rounding could explain is made again in float64 when two float64
+    copies fit (``strict``: in float64 from the start; :func:`reference_dtype`). On a
+    mismatch the model is restored and, when no layer was named, both sides are built again
+    to name the first diverging one."""
     check_not_empty(example_inputs)
     check_finite(example_inputs)
     norms = crossed_norms(graph, removed)
     warn_norms(norms)
-    ran = None
-    if verify_exact and len(removed) and not all(inexact_outputs(graph, removed) or [True]):
-        ran = reference_outputs(model, graph, removed, example_inputs)
     skipped = ["nothing was removed"] if not len(removed) else \
         [f"not exact by design, a normalisation over channels sees removed ones: {n}" for n in norms] \
         if verify_exact else ["verify=False"]
-    try:
-        with transaction(model) if inplace else contextlib.nullcontext(), sharing_traces():
-            new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok, values=verify_exact)
-            with untouched(new):  # the runs below leave the model's containers as they were
-                result = _check(ran, new, graph, removed, example_inputs, verify_exact, skipped)
-    except _Diverged as d:  # the model is as it was: rebuild both sides to name the layer
-        where = _blame(model, graph, removed, d)
-        raise VerificationError(_message(d.error, d.tol, d.run.dtype, where, graph, removed)
-                                + _mask_hint(model, where)) from None
-    object.__setattr__(new, "surgery_verification", result)
-    return new, result
+    dtype = None
+    while True:
+        ran = None
+        if verify_exact and len(removed) and not all(inexact_outputs(graph, removed) or [True]):
+            ran = reference_outputs(model, graph, removed, example_inputs, dtype, strict)
+        try:
+            with transaction(model) if inplace else contextlib.nullcontext(), sharing_traces():
+                new = rewrite(model, graph, removed, inplace=inplace, new_object_ok=new_object_ok,
+                              values=verify_exact)
+                with untouched(new):  # the runs below leave the model's containers as they were
+                    result = _check(ran, new, graph, removed, example_inputs, verify_exact, skipped)
+        except _Doubt as doubt:  # the model is as it was: check again in a wider dtype
+            dtype = doubt.dtype
+            continue
+        except _Diverged as d:  # the model is as it was: rebuild both sides to name the layer
+            where = d.where if d.where is not None else _blame(model, graph, removed, d)
+            raise VerificationError(_message(d.error, d.tol, d.run.dtype, where, graph, removed)
+                                    + _mask_hint(model, where)) from None
+        object.__setattr__(new, "surgery_verification", result)
+        return new, result
 
 
 def _check(ran: ReferenceRun | None, new: nn.Module, graph: ChannelGraph, removed: np.ndarray, example_inputs: Any,
@@ -464,7 +504,7 @@ def _check(ran: ReferenceRun | None, new: nn.Module, graph: ChannelGraph, remove
         check_output_shapes(graph, new, example_inputs)
         train = _train_runs(new, example_inputs) if verify_exact and len(removed) else ""
         return Verification(exact=False, unchecked=skipped, train=train)
-    except (VerificationError, _Diverged):
+    except (VerificationError, _Diverged, _Doubt):
         raise
     except Exception as err:  # the rewritten model does not even run
         where = _failing_module(new, lambda: run_eval(new, example_inputs))

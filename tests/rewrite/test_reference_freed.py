@@ -1,5 +1,7 @@
 """The masked reference is freed before the rewrite: it and the pruned model are never in
-memory together (the peak of verifying a large block is one copy lower)."""
+memory together (the peak of verifying a large block is one copy lower). A float64 check of a
+float32 model uses a cast copy (``verify_dtype="float64"``); a check in the model's own dtype
+uses no copy at all."""
 from __future__ import annotations
 
 import gc
@@ -42,8 +44,8 @@ def test_the_reference_is_gone_before_the_pruned_model_is_built(monkeypatch, inp
     torch.manual_seed(0)
     model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval())
     seen = _watch(monkeypatch)
-    pruned = surgery.prune(model, torch.randn(2, 3, 8, 8), ratio=0.5, inplace=inplace)
-    assert pruned.surgery_verification.exact
+    pruned = surgery.prune(model, torch.randn(2, 3, 8, 8), ratio=0.5, inplace=inplace, verify_dtype="float64")
+    assert pruned.surgery_verification.exact and pruned.surgery_verification.dtype == "float64"
     assert seen["refs"] and seen["alive_at_rewrite"] == [False]
 
 
@@ -58,7 +60,7 @@ def test_a_decoder_block_reference_is_freed_too(monkeypatch):
     position = torch.arange(5)[None].expand(2, 5)
     inputs = dict(hidden_states=hidden, position_embeddings=LlamaRotaryEmbedding(config)(hidden, position))
     seen = _watch(monkeypatch)
-    pruned = surgery.prune(block, inputs, ratio=0.5, attention="heads", inplace=True)
+    pruned = surgery.prune(block, inputs, ratio=0.5, attention="heads", inplace=True, verify_dtype="float64")
     assert pruned.surgery_verification.exact
     assert seen["alive_at_rewrite"] == [False]
 

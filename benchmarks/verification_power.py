@@ -1,0 +1,103 @@
+"""How many rewrite bugs verification catches: one wrong rewrite per layer, three checks.
+
+For every plain conv and linear layer of each model, a bug is planted after the rewrite: two
+kept input columns of that layer change places (a wiring error of the kind a wrong channel
+rule makes). Each bug is run through three checks:
+
+- ``float64 outputs``: the model's outputs against the masked original in float64, tolerance
+  1e-7 (the default before layer fingerprints: ``verify_dtype="float64"``, no layer check);
+- ``float32 outputs``: the same in float32, tolerance 1e-5 (float64 when in doubt);
+- ``float32 + layers``: the default, float32 outputs and the fingerprints of every layer's
+  output (float64 when in doubt).
+
+The table counts the bugs each check raised :class:`surgery.VerificationError` for. Random
+weights and BatchNorm statistics, seeded; 224x224, L1 at ratio 0.5.
+
+    python benchmarks/verification_power.py [--models resnet50,mobilenet_v2] [--size 224]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import warnings
+
+import torch
+import torch.nn as nn
+import torchvision
+
+import surgery
+import surgery.rewrite.reference as reference_mod
+import surgery.rewrite.verify as verify_mod
+from surgery.testing import randomize
+
+CHECKS = {"float64 outputs": dict(verify_dtype="float64", layers=False),
+          "float32 outputs": dict(verify_dtype="auto", layers=False),
+          "float32 + layers": dict(verify_dtype="auto", layers=True)}
+
+
+@contextlib.contextmanager
+def planted(layer: str):
+    """Rewrites inside the block swap two kept input columns of ``layer``."""
+    rewrite = verify_mod.rewrite
+
+    def wrong(*args, **kwargs):
+        new = rewrite(*args, **kwargs)
+        w = new.get_submodule(layer).weight
+        with torch.no_grad():
+            w[:, [0, 1]] = w[:, [1, 0]].clone()
+        return new
+
+    verify_mod.rewrite = wrong
+    try:
+        yield
+    finally:
+        verify_mod.rewrite = rewrite
+
+
+@contextlib.contextmanager
+def layer_checks(on: bool):
+    watched = reference_mod.watched_layers
+    if not on:
+        reference_mod.watched_layers = lambda *args, **kwargs: {}
+    try:
+        yield
+    finally:
+        reference_mod.watched_layers = watched
+
+
+def caught(model: nn.Module, x: torch.Tensor, layer: str, verify_dtype: str, layers: bool) -> bool:
+    with planted(layer), layer_checks(layers):
+        try:
+            surgery.prune(model, x, ratio=0.5, verify_dtype=verify_dtype)
+        except surgery.VerificationError:
+            return True
+    return False
+
+
+def candidates(model: nn.Module, x: torch.Tensor) -> list:
+    """Layers of the pruned model with at least two input columns, plain conv or linear."""
+    pruned = surgery.prune(model, x, ratio=0.5, verify=False)
+    return [name for name, m in pruned.named_modules()
+            if type(m) in (nn.Conv2d, nn.Linear) and m.weight.shape[1] >= 2
+            and not torch.equal(m.weight[:, 0], m.weight[:, 1])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet50,mobilenet_v2,regnet_y_400mf,vgg16_bn")
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    print("| model | bugs planted | " + " | ".join(CHECKS) + " |")
+    print("|---|---:|" + "---:|" * len(CHECKS))
+    for name in args.models.split(","):
+        model = randomize(torchvision.models.get_model(name, weights=None).eval())
+        x = torch.randn(1, 3, args.size, args.size)
+        layers = candidates(model, x)
+        counts = {check: sum(caught(model, x, layer, **how) for layer in layers) for check, how in CHECKS.items()}
+        print(f"| {name} | {len(layers)} | " + " | ".join(str(counts[c]) for c in CHECKS) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
