@@ -1,8 +1,11 @@
 """surgery.prune against Torch-Pruning (graph build + prune), side by side in one process.
 
 torchvision models at 224x224, ratio 0.5 of each group's channels, L1 magnitude, float32,
-median of N runs on fresh copies, the three timed in turn each round (interleaved). Torch-Pruning is an optional benchmark dependency
-(``pip install torch-pruning``); the library never imports it.
+median of N runs on fresh copies, the three timed in turn each round (interleaved). Python's
+garbage collector runs (untimed) after each fresh copy is made and before its timed call: the
+copies this script makes would otherwise trigger full collections (about 150 ms each in this
+process) that land on whichever call comes next, the same one round after round. Torch-Pruning
+is an optional benchmark dependency (``pip install torch-pruning``); the library never imports it.
 
     python benchmarks/vs_torch_pruning.py [--models resnet50,...] [--repeats 3] [--threads 2]
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import time
 import warnings
@@ -42,6 +46,7 @@ def _interleaved(fns: list, model, x, repeats: int) -> list:
     for _ in range(repeats):
         for i, fn in enumerate(fns):
             fresh = copy.deepcopy(model)
+            gc.collect()
             t0 = time.perf_counter()
             results[i] = fn(fresh, x)
             times[i].append(time.perf_counter() - t0)

@@ -34,37 +34,44 @@ SEED = 0x5EED
 
 
 def fingerprint(t: torch.Tensor, dim: int, keep: torch.Tensor | None = None,
-                weights: dict | None = None) -> torch.Tensor:
+                weights: dict | None = None, scale: bool = True) -> torch.Tensor:
     """``[2, channels]`` for ``t``'s channels along ``dim`` (only ``keep``'s when given): row 0
     sums each channel's values with weights drawn from :data:`SEED` (one weight per position of
     the other dims; ``weights`` caches them by count), row 1 sums their magnitudes the same way
-    (``|w| . |x|``: the scale of that sum's rounding, which differences are measured against)."""
+    (``|w| . |x|``: the scale of that sum's rounding, which differences are measured against;
+    only with ``scale``, else ``[1, channels]``)."""
     t = t.detach()
     if keep is not None:
         t = t.index_select(dim, keep.to(t.device))
-    rows = t.movedim(dim, -1).reshape(-1, t.shape[dim])
-    key = (rows.shape[0], rows.dtype, rows.device)
+    dim = dim % t.dim()
+    before, channels = t.shape[:dim].numel(), t.shape[dim]
+    t = t.reshape(before, channels, -1)  # (dims before, channels, dims after): a view, no copy
+    key = (before, t.shape[2], t.dtype, t.device)
     w = (weights or {}).get(key)
     if w is None:
-        w = torch.randn(rows.shape[0], generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
-        w = w.to(rows.dtype).to(rows.device)
+        w = torch.randn(before, t.shape[2], generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+        w = w.to(t.dtype).to(t.device)
         if weights is not None:
             weights[key] = w
-    return torch.stack([w @ rows, w.abs() @ rows.abs()])
+    sums = [torch.einsum("bcs,bs->c", t, w)]
+    if scale:
+        sums.append(torch.einsum("bcs,bs->c", t.abs(), w.abs()))
+    return torch.stack(sums)
 
 
 @contextlib.contextmanager
-def recording(model: nn.Module, layers: dict) -> Iterator[dict]:
+def recording(model: nn.Module, layers: dict, scale: bool = True) -> Iterator[dict]:
     """Fingerprints of the outputs of ``layers`` (``{name: (out_dim, keep)}``, ``keep`` a long
     tensor or None) in ``{name: [one per call]}``, filled by forward hooks while the block
-    runs; the hooks are removed after it."""
+    runs (with their scales: ``scale``, needed on the reference's side only); the hooks are
+    removed after it."""
     store: dict = {}
     weights: dict = {}
 
     def hook_for(name: str, dim: int, keep: torch.Tensor | None):
         def hook(module, args, output):
             if isinstance(output, torch.Tensor) and output.is_floating_point():
-                store.setdefault(name, []).append(fingerprint(output, dim, keep, weights))
+                store.setdefault(name, []).append(fingerprint(output, dim, keep, weights, scale))
         return hook
 
     handles = [model.get_submodule(name).register_forward_hook(hook_for(name, dim, keep))
@@ -99,14 +106,15 @@ def layer_error(reference: dict, pruned: dict, tol: float) -> tuple[float, str |
 
 
 def _call_error(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """The difference of two fingerprints of one call, relative to the largest magnitude sum of
-    the reference's finite channels (None: nothing finite to compare)."""
-    if a.shape != b.shape:
+    """The difference of two fingerprints of one call (``b``'s scale row may be absent),
+    relative to the largest magnitude sum of the reference's finite channels (None: nothing
+    finite to compare)."""
+    if a.shape[1:] != b.shape[1:]:
         return float("inf")
     finite = torch.isfinite(a).all(0)
     if not bool(finite.any()):
         return None
-    a, b = a[:, finite], b[:, finite]
+    a, b = a[:, finite], b[0, finite]
     if not bool(torch.isfinite(b).all()):
         return float("inf")
-    return float((a[0] - b[0]).abs().max()) / (float(a[1].max()) or 1.0)
+    return float((a[0] - b).abs().max()) / (float(a[1].max()) or 1.0)

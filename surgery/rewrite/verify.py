@@ -39,7 +39,7 @@ from surgery.core.transaction import transaction, untouched
 from surgery.ops.context import VALUE_KEY, TensorMeta
 from surgery.rewrite import layer_check
 from surgery.rewrite.layer_check import recording
-from surgery.rewrite.reference import (FLOAT64_LIMIT, ReferenceRun, _channel_dims, masked_reference,
+from surgery.rewrite.reference import (FLOAT64_LIMIT, ReferenceRun, _channel_dims, fx_graph, masked_reference,
                                        reference_outputs, run_reference, watched_layers)
 from surgery.rewrite.train_check import branches_on_training, train_forward
 from surgery.capture.fx import owning_module
@@ -157,7 +157,7 @@ def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: 
     crossed = _crossed(graph, removed)
     dtype, inputs, ref_out, tol = run.dtype, run.inputs, run.outputs, run.tolerance
     with cast_temporarily(pruned, dtype), untouched(pruned):
-        with recording(pruned, _same_layers(pruned, run.watched)) as layers:
+        with recording(pruned, _same_layers(pruned, run.watched), scale=False) as layers:
             out = flat_tensors(run_eval(pruned, inputs))
         inexact = inexact_outputs(graph, removed)
         if len(inexact) != len(ref_out):  # the model ran another branch than the one traced
@@ -238,10 +238,12 @@ def _train_mode(run: ReferenceRun, pruned: nn.Module, tol: float, compare: bool)
     return "train mode compared too" if compare else "train mode: shapes"
 
 
-def _train_runs(pruned: nn.Module, inputs: Any) -> str:
+def _train_runs(pruned: nn.Module, inputs: Any, traced: fx.Graph | None = None) -> str:
     """With no reference: when the model's code reads ``self.training``, the pruned model must
-    run in train mode; '' when not needed."""
-    if not branches_on_training(pruned, inputs):
+    run in train mode; '' when not needed. ``traced``: the original's fx graph in its mode,
+    which stands for the pruned model's when its class was kept (same code, no literal
+    patched), so only the other mode is traced."""
+    if not branches_on_training(pruned, inputs, traced):
         return ""
     _train_outputs(pruned, inputs)
     return "train mode: runs"
@@ -502,7 +504,8 @@ def _check(ran: ReferenceRun | None, new: nn.Module, graph: ChannelGraph, remove
         if ran is not None:
             return compare(ran, new, graph, removed)
         check_output_shapes(graph, new, example_inputs)
-        train = _train_runs(new, example_inputs) if verify_exact and len(removed) else ""
+        traced = fx_graph(graph) if not isinstance(new, fx.GraphModule) else None
+        train = _train_runs(new, example_inputs, traced) if verify_exact and len(removed) else ""
         return Verification(exact=False, unchecked=skipped, train=train)
     except (VerificationError, _Diverged, _Doubt):
         raise
