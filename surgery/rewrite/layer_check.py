@@ -3,7 +3,8 @@
 Comparing the model's outputs sees a wrong channel only through what the rest of the network
 makes of it: a ReLU can zero it, a large skip connection can drown it. So verification also
 compares the layers themselves. For every call of a plain ``nn.Conv*d`` or ``nn.Linear`` (the
-layers whose :meth:`surgery.extend.Handler.channel_dims` are known), the masked reference and
+layers whose :meth:`surgery.extend.Handler.channel_dims` are known; which ones:
+:func:`surgery.rewrite.reference.watched_layers`), the masked reference and
 the pruned model each record a *fingerprint* of the output: one number per kept output
 channel, a weighted sum of that channel's values with random weights from a fixed seed (the
 same for both models, so equal outputs give equal fingerprints up to rounding, and a wrong

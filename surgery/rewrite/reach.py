@@ -17,12 +17,50 @@ Example:
 """
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import numpy as np
+import torch
 import torch.fx as fx
 
-__all__ = ["downstream", "reached_outputs", "flat_output_nodes", "crossed"]
+from surgery.ops.context import AXES_KEY, iter_vars
+
+__all__ = ["downstream", "reached_outputs", "flat_output_nodes", "crossed", "consumed_without_layer"]
+
+# ops that hand some channels to one output and the rest to another: nothing is consumed
+_SELECTIONS = {operator.getitem, torch.split, torch.chunk, torch.narrow, torch.unbind, torch.tensor_split,
+               "split", "chunk", "narrow", "unbind", "tensor_split", "split_with_sizes", "__getitem__"}
+
+
+def consumed_without_layer(graph, removed: np.ndarray, masked: Callable[[str], bool]) -> set:
+    """Names of the nodes where removed channels are consumed by something other than a masked
+    layer (``masked(module name)``): an input holds them and the output does not (``q @ k``
+    over pruned head dims, a sum over channels). The masked reference zeroes those channels
+    where a layer makes them, so what such a node computes differs from the pruned model's
+    wherever something between re-adds a value (a BatchNorm shift): tensors after it are
+    equal only where the model itself cancels the difference (a softmax over a shift)."""
+    gone = graph.removed_mask(removed)
+    sinks = set()
+    for node in graph.gm.graph.nodes:
+        if node.op not in ("call_function", "call_method", "call_module") or node.target in _SELECTIONS:
+            continue
+        if node.op == "call_module" and masked(node.target):
+            continue
+        into = set()
+        for arg in node.all_input_nodes:
+            into |= _removed_roots(graph, gone, arg.meta.get(AXES_KEY))
+        if into and into - _removed_roots(graph, gone, node.meta.get(AXES_KEY)):
+            sinks.add(node.name)
+    return sinks
+
+
+def _removed_roots(graph, gone: np.ndarray, axes) -> set:
+    roots = set()
+    for vars_ in iter_vars(axes):
+        r = graph.roots[np.asarray(vars_, dtype=np.int64)]
+        roots.update(r[gone[r]].tolist())
+    return roots
 
 
 def crossed(graph, removed: np.ndarray) -> list:

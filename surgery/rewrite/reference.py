@@ -38,7 +38,7 @@ from surgery.groups.graph import ChannelGraph, Kind
 from surgery.ops.handler import Handler
 from surgery.ops.registry import handler_for
 from surgery.rewrite.layer_check import recording
-from surgery.rewrite.reach import crossed, downstream
+from surgery.rewrite.reach import consumed_without_layer, crossed, downstream
 from surgery.rewrite.rebuild import keep_indices
 from surgery.rewrite.train_check import branches_on_training, train_forward
 
@@ -313,17 +313,17 @@ def reference_outputs(model: nn.Module, graph: ChannelGraph, removed: np.ndarray
 def watched_layers(model: nn.Module, graph: ChannelGraph, removed: np.ndarray) -> dict:
     """``{name: (out_dim, keep)}``: the layers whose outputs verification fingerprints (plain
     convs and linears, :meth:`Handler.channel_dims`), with the output channels the pruned
-    model keeps (None: all). On the fx front only layers the traced graph calls, and none
-    that a normalisation over removed channels feeds (they differ by design); on another
-    front, none when such a norm exists."""
-    norms = {node for _, node in crossed(graph, removed)}
-    if graph.front == "fx":
-        after = downstream(graph.gm, norms) if norms else set()
-        names = {n.target for n in graph.gm.graph.nodes if n.op == "call_module" and n.name not in after}
-    elif norms:
+    model keeps (None: all). Only on the fx front (its graph says which layers a node feeds),
+    only layers the traced graph calls, and none after a normalisation over removed channels
+    or a node that consumes removed channels without a masked layer
+    (:func:`surgery.rewrite.reach.consumed_without_layer`): there the masked reference is
+    not the pruned model by design, although the model's outputs may still agree."""
+    if graph.front != "fx":
         return {}
-    else:
-        names = {name for name, _ in model.named_modules()}
+    sources = {node for _, node in crossed(graph, removed)}
+    sources |= consumed_without_layer(graph, removed, lambda name: _masks(model, name))
+    after = downstream(graph.gm, sources) if sources else set()
+    names = {n.target for n in graph.gm.graph.nodes if n.op == "call_module" and n.name not in after}
     keeps = keep_indices(graph, removed)
     watched = {}
     for name in sorted(names, key=str):
@@ -332,6 +332,16 @@ def watched_layers(model: nn.Module, graph: ChannelGraph, removed: np.ndarray) -
             keep = keeps.get((name, "out"))
             watched[name] = (dims[1], None if keep is None else torch.as_tensor(keep, dtype=torch.long))
     return watched
+
+
+def _masks(model: nn.Module, name: str) -> bool:
+    """Whether the layer at ``name`` is masked for the reference (its handler masks it)."""
+    try:
+        module = model.get_submodule(name)
+        handler = handler_for(module)
+    except (AttributeError, TypeError, KeyError):
+        return False
+    return handler.channel_dims(module) is not None or type(handler).mask is not Handler.mask
 
 
 def _channel_dims(model: nn.Module, name: str) -> tuple[int, int] | None:

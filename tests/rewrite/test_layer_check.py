@@ -146,3 +146,32 @@ def test_fingerprints_of_equal_channels_are_equal_and_a_swap_changes_them():
     assert layer_error({"l": [a]}, {"l": [a.clone()]}, 0.0) == (0.0, None, 1)
     error, first, calls = layer_error({"l": [a]}, {"l": [b]}, 1e-3)
     assert first == "l" and error > 1e-3 and calls == 1
+
+
+class _QK(nn.Module):
+    """q.k over pruned channels after BatchNorm (whose shift the masked reference keeps in the
+    removed channels), a conv on the scores, then a softmax that cancels the difference."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.qn = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.k, self.kn = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.v, self.mix, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(1, 1, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        q, k = self.qn(self.q(x)).flatten(2), self.kn(self.k(x)).flatten(2)
+        attn = self.mix((q.transpose(1, 2) @ k).unsqueeze(1)).squeeze(1).softmax(-1)
+        return self.head((self.v(x).flatten(2) @ attn.transpose(1, 2)).reshape(B, 4, H, W))
+
+
+def test_layers_after_channels_consumed_without_a_layer_are_not_compared(monkeypatch):
+    torch.manual_seed(0)
+    net = randomize(_QK().eval())
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="literal sizes"):
+        result = surgery.prune(net, x, ratio=0.5).surgery_verification
+    assert result.exact and result.layers == 3  # q, k, v; not mix (after q @ k), not head
+    monkeypatch.setattr(reference_mod, "consumed_without_layer", lambda *a, **k: set())
+    with pytest.raises(VerificationError, match="'mix'"):  # the reference differs there by design
+        surgery.prune(net, x, ratio=0.5)
