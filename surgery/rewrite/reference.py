@@ -35,7 +35,7 @@ import torch.utils._pytree as pytree
 from surgery.core.inputs import as_inputs, check_not_empty, flat_tensors, owner_at, run_eval, tensor_at
 from surgery.core.transaction import untouched
 from surgery.groups.graph import ChannelGraph, Kind
-from surgery.ops.handler import Handler
+from surgery.ops.handler import Handler, _masks as _kept_mask
 from surgery.ops.registry import handler_for
 from surgery.rewrite.layer_check import recording
 from surgery.rewrite.reach import consumed_without_layer, crossed, downstream
@@ -92,17 +92,26 @@ def masked_reference(model: nn.Module, graph: ChannelGraph, removed: np.ndarray,
                      dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of ``model`` (in ``dtype``) whose layers ignore the ``removed`` units."""
     ref = copy.deepcopy(model, _cast_memo(model, dtype) if dtype is not None else None)
-    kinds = {(s.name, s.role): s.kind for s in graph.slots}
-    by_layer: dict = {}
-    for (name, role), keep in keep_indices(graph, removed).items():
-        if kinds[(name, role)] == Kind.PARAM:
-            _zero_param(ref, name, role.dim, keep)
-        else:
-            by_layer.setdefault(name, {})[str(role)] = keep
-    for name, roles in by_layer.items():
+    layers, params = _masks_of(graph, removed)
+    for name, dim, keep in params:
+        _zero_param(ref, name, dim, keep)
+    for name, roles in layers.items():
         module = ref.get_submodule(name)
         handler_for(module).mask(module, roles.get("in"), roles.get("out"))
     return ref
+
+
+def _masks_of(graph: ChannelGraph, removed: np.ndarray) -> tuple[dict, list]:
+    """``({layer: {"in"/"out": keep}}, [(raw parameter, dim, keep)])``: what the reference masks."""
+    kinds = {(s.name, s.role): s.kind for s in graph.slots}
+    layers: dict = {}
+    params = []
+    for (name, role), keep in keep_indices(graph, removed).items():
+        if kinds[(name, role)] == Kind.PARAM:
+            params.append((name, role.dim, keep))
+        else:
+            layers.setdefault(name, {})[str(role)] = keep
+    return layers, params
 
 
 @contextlib.contextmanager
@@ -117,14 +126,7 @@ def masked_in_place(model: nn.Module, graph: ChannelGraph, removed: np.ndarray) 
     masked on copies of their own tensors (tied tensors stay tied), and so are the raw
     parameters that lose slices. Modules' attributes, hooks and buffers are restored after
     the block."""
-    kinds = {(s.name, s.role): s.kind for s in graph.slots}
-    layers: dict = {}
-    params = []
-    for (name, role), keep in keep_indices(graph, removed).items():
-        if kinds[(name, role)] == Kind.PARAM:
-            params.append((name, role.dim, keep))
-        else:
-            layers.setdefault(name, {})[str(role)] = keep
+    layers, params = _masks_of(graph, removed)
     alone = _called_alone(model, graph)
     with untouched(model), _buffers_kept(model):
         handles, masked, originals = [], [], {}
@@ -221,8 +223,7 @@ def _mask_hooks(module: nn.Module, dims: tuple, keep_in, keep_out) -> list:
 
 
 def _zeroed(t: torch.Tensor, dim: int, keep) -> torch.Tensor:
-    gone = torch.ones(t.shape[dim], dtype=torch.bool)
-    gone[torch.as_tensor(keep, dtype=torch.long)] = False
+    gone = ~_kept_mask(t.shape[dim], keep)
     return t.index_fill(dim, torch.nonzero(gone).flatten().to(t.device), 0)
 
 

@@ -90,15 +90,14 @@ class Verification:
 
 def crossed_norms(graph: ChannelGraph, removed: np.ndarray) -> list:
     """Descriptions of channel normalisations that see removed channels."""
-    return [what for what, _ in _crossed(graph, removed)]
+    return [what for what, _ in crossed(graph, removed)]
 
 
-_crossed = crossed
 
 
 def inexact_outputs(graph: ChannelGraph, removed: np.ndarray) -> list:
     """For each tensor of the traced output (flattened), whether a crossed norm feeds it."""
-    nodes = {node for _, node in _crossed(graph, removed)}
+    nodes = {node for _, node in crossed(graph, removed)}
     return reached_outputs(graph.gm, nodes, _tensor_count) if nodes else \
         [False] * len(reached_outputs(graph.gm, set(), _tensor_count))
 
@@ -154,14 +153,14 @@ def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: 
     outputs and the fingerprints of its layers (:mod:`layer_check`). Raises :class:`_Diverged`
     on a mismatch (after checking the output shapes), or :class:`_Doubt` when a float32
     difference should be looked at in float64 (``run.then``)."""
-    crossed = _crossed(graph, removed)
+    norms = crossed(graph, removed)
     dtype, inputs, ref_out, tol = run.dtype, run.inputs, run.outputs, run.tolerance
     with cast_temporarily(pruned, dtype), untouched(pruned):
         with recording(pruned, _same_layers(pruned, run.watched), scale=False) as layers:
             out = flat_tensors(run_eval(pruned, inputs))
         inexact = inexact_outputs(graph, removed)
         if len(inexact) != len(ref_out):  # the model ran another branch than the one traced
-            inexact = [bool(crossed)] * len(ref_out)
+            inexact = [bool(norms)] * len(ref_out)
         compared = [i for i, bad in enumerate(inexact) if not bad]
         _check_something_compared(ref_out, compared)
         error, elements, total = _relative_error(ref_out, out, compared)
@@ -174,9 +173,9 @@ def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: 
             check_output_shapes(graph, pruned, inputs)  # a shape change gets its own message
             if where is not None:
                 raise _Diverged(run, layer_error, layer_tol, set(), where)
-            raise _Diverged(run, error, tol, _modules_after(graph, crossed))
+            raise _Diverged(run, error, tol, _modules_after(graph, norms))
         if type(pruned) is run.model_type:
-            train = _train_mode(run, pruned, tol, compare=not crossed)
+            train = _train_mode(run, pruned, tol, compare=not norms)
         else:  # a patched GraphModule: its forward keeps the branches of `self.training` that were traced
             train = _train_runs(pruned, inputs)
             train += " (a GraphModule: `if self.training` branches as traced)" if train else ""
@@ -187,11 +186,11 @@ def compare(run: ReferenceRun, pruned: nn.Module, graph: ChannelGraph, removed: 
     if total and elements < MIN_FINITE * total:
         return Verification(exact=False, unchecked=[
             f"only {elements:,} of {total:,} output values of the original are finite (NaN or inf in the inputs or "
-            f"weights; at least {MIN_FINITE:.0%} are needed to call it verified)"] + [w for w, _ in crossed],
+            f"weights; at least {MIN_FINITE:.0%} are needed to call it verified)"] + [w for w, _ in norms],
             train=train, **counts)
     if len(compared) == len(ref_out):
         return Verification(exact=True, max_error=error, dtype=kind, train=train, **counts)
-    unchecked = [what for what, _ in crossed]
+    unchecked = [what for what, _ in norms]
     if not compared:
         return Verification(exact=False, unchecked=unchecked, train=train, layers=calls)
     return Verification(exact=False, max_error=error, dtype=kind, unchecked=unchecked,
