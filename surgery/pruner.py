@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from dataclasses import replace
@@ -43,7 +44,7 @@ from surgery.select.selection import EMPTY, Remembered, select_units
 from surgery.groups.build import trace
 from surgery.capture.fx import unlinked
 from surgery.groups.rebind import rebind, structure
-from surgery.rewrite.verify import Verification, checked_rewrite
+from surgery.rewrite.verify import FailsToRun, Verification, checked_rewrite
 
 __all__ = ["prune", "Pruner", "PruneConfig", "calibrate"]
 
@@ -112,6 +113,19 @@ def _own_graph(graph: ChannelGraph, model: nn.Module) -> ChannelGraph:
     return graph
 
 
+@contextlib.contextmanager
+def _said_on_success(defer: bool) -> Iterator[None]:
+    """With ``defer``, the warnings of the block are shown only if it returns normally."""
+    if not defer:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        yield
+    for w in said:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
 class Pruner:
     """Plan and apply structured pruning under a budget, in one or several steps.
 
@@ -165,14 +179,20 @@ class Pruner:
         """Apply the next step (scores recomputed on the current model)."""
         if self.done:
             raise RuntimeError(f"all {self.config.iterative_steps} steps are done")
-        graph = self._trace()
-        units = self._choose(graph, self.step_index + 1)
-        plan = plan_from_units(graph, units, self.model)
-        before = copy.deepcopy(self.model) if self.config.reconstruct != "none" else None
-        new, self.verification = checked_rewrite(self.model, graph, units, self.example_inputs,
-                                                 inplace=self._owned, verify_exact=self.config.verify,
-                                                 strict=self.config.verify_dtype == "float64",
-                                                 new_object_ok=self.model is not self._callers)
+        while True:
+            graph = self._trace()
+            units = self._choose(graph, self.step_index + 1)
+            plan = plan_from_units(graph, units, self.model)
+            before = copy.deepcopy(self.model) if self.config.reconstruct != "none" else None
+            try:
+                with _said_on_success(graph.front != "fx"):  # a plan given up says nothing
+                    new, self.verification = checked_rewrite(self.model, graph, units, self.example_inputs,
+                                                             inplace=self._owned, verify_exact=self.config.verify,
+                                                             strict=self.config.verify_dtype == "float64",
+                                                             new_object_ok=self.model is not self._callers)
+                break
+            except FailsToRun as err:
+                self._keep_failing_code(graph, err)
         self.model, self._owned = record(new, self.model, plan, touched_layers(graph, units)), True
         object.__setattr__(self.model, KEEPS, keep_indices(graph, units))
         self.last_step = (graph, units)
@@ -180,6 +200,38 @@ class Pruner:
         self.plans.append(plan)
         self.step_index += 1
         return self.model
+
+    def _keep_failing_code(self, graph: ChannelGraph, err: FailsToRun) -> None:
+        """After a rewrite that does not run: keep the channels of every module of the failing
+        class, so that the step is planned again without them; else raise ``err``.
+
+        torch.export and recorded runs hold the sizes a module's own code computes at run time
+        as literals (``reshape(B, N, 3, heads, C // heads)`` with ``C`` read from the input,
+        timm's NesT), so a plan that the graph allows can break that code. Every module of the
+        class runs the same code, so all of them keep their channels (as ``ignored_layers``
+        would), with a warning. torch.fx sees those sizes: a failure there is a bug, raised."""
+        owner = self._owner_code(err.module)
+        if graph.front == "fx" or owner is None:
+            raise err
+        cls = type(self.model.get_submodule(owner))
+        names = [n for n, m in self.model.named_modules() if type(m) is cls and n not in self._ignored]
+        if not names:
+            raise err
+        warnings.warn(f"the pruned model fails to run in {owner!r} ({cls.__name__}: {str(err.__cause__)[:200]}): "
+                      f"the {graph.front} graph holds the sizes its code computes at run time as constants, so the "
+                      f"channels of its {len(names)} {cls.__name__} module(s) are kept (as with ignored_layers) "
+                      f"and the step is planned again", stacklevel=user_stacklevel())
+        self._ignored += names
+        self._traced = None
+
+    def _owner_code(self, name: str) -> str | None:
+        """The innermost module at or above ``name`` whose class is not torch.nn's own (the
+        user's code that computed the size); None at the model itself."""
+        while name:
+            if not type(self.model.get_submodule(name)).__module__.startswith("torch.nn"):
+                return name
+            name = name.rpartition(".")[0]
+        return None
 
     @property
     def _repairs(self) -> bool:

@@ -139,6 +139,15 @@ class _Diverged(Exception):
         self.run, self.error, self.tol, self.skip, self.where = run, error, tol, skip, where
 
 
+class FailsToRun(VerificationError):
+    """The rewritten model raised when run on the example inputs; ``module`` names the
+    innermost module whose forward raised ("" when none did)."""
+
+    def __init__(self, message: str, module: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+
 class _Doubt(Exception):
     """A float32 check found a difference that float32 rounding could explain: check again in
     ``dtype``."""
@@ -512,9 +521,9 @@ def _check(ran: ReferenceRun | None, new: nn.Module, graph: ChannelGraph, remove
         where = _failing_module(new, lambda: run_eval(new, example_inputs))
         fix = (f"keep the channels of '{where}' with ignored_layers=['{where}']" if where else
                "keep the layers whose channels this step removes with ignored_layers")
-        raise VerificationError(f"the pruned model fails on the example inputs"
-                                f"{f' in module {where!r}' if where else ''} ({type(err).__name__}: {err}); "
-                                f"the model was left as it was. Please report this model; meanwhile {fix}.") from err
+        raise FailsToRun(f"the pruned model fails on the example inputs{f' in module {where!r}' if where else ''} "
+                         f"({type(err).__name__}: {err}); the model was left as it was. Please report this model; "
+                         f"meanwhile {fix}.", where) from err
 
 
 def _blame(model: nn.Module, graph: ChannelGraph, removed: np.ndarray, d: _Diverged) -> str | None:

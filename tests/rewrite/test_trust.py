@@ -417,6 +417,60 @@ def test_leaf_modules_are_black_boxes_on_the_export_front_too():
         surgery.trace(model, X, leaf_modules=["gaet"], tracer="export")
 
 
+class SizedHeads(nn.Module):
+    """Attention whose head width its own code computes from the input's width (timm's NesT)."""
+
+    def __init__(self, c: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1))
+
+
+class SizedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.att, self.out = nn.Linear(4, 8), SizedHeads(), nn.Linear(8, 3)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = h + self.att(h)
+        return self.out(h + self.mlp(h))
+
+
+@pytest.mark.parametrize("tracer", ["export", "run"])
+def test_code_that_computes_sizes_the_graph_holds_as_constants_keeps_its_channels(tracer):
+    """torch.export specialises ``c // self.heads`` to a literal: a plan that prunes ``c`` breaks
+    the module's own code. The step is planned again with that class's channels kept, and the
+    rest pruned (this raised a VerificationError before)."""
+    torch.manual_seed(0)
+    model = SizedNet().double()
+    before = _state(model)
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"fails to run in 'att' \(SizedHeads.*kept"):
+        small = surgery.prune(model, x, ratio=0.5, tracer=tracer)
+    assert small.surgery_verification.exact
+    assert (small.inp.out_features, small.att.qkv.out_features, small.mlp[0].out_features) == (8, 24, 8)
+    assert _equal_state(model.state_dict(), before)
+
+
+def test_code_that_fails_after_an_fx_rewrite_is_a_bug_and_raised(monkeypatch):
+    """torch.fx sees sizes computed at run time, so a pruned model that does not run is reported."""
+    from surgery.rewrite import verify
+
+    def fails(*args, **kwargs):
+        raise verify.FailsToRun("the pruned model fails on the example inputs in module 'att'", "att")
+
+    monkeypatch.setattr(surgery.pruner, "checked_rewrite", fails)
+    with pytest.raises(surgery.VerificationError, match="'att'"):
+        surgery.prune(SizedNet(), torch.randn(2, 5, 4), ratio=0.5, tracer="fx")
+
+
 def test_the_summary_of_many_unchecked_norms_is_short_and_the_list_complete():
     from surgery.rewrite.verify import Verification
     v = Verification(exact=False, unchecked=[f"norm {i}" for i in range(25)])
