@@ -3,12 +3,13 @@
 
 Data: scikit-learn's bundled digits made harder (16x16, random shifts of up to 2 pixels,
 Gaussian noise), fixed per seed. Model: the CIFAR-style ResNet-20 (models.create), trained
-for ``--epochs``. Each method prunes the same trained model to the target FLOPs (fvcore for
+for ``--epochs`` (40 by default: 89.25% mean test accuracy over seeds 0-2, the 89.1% base of the
+issue's setup; 10 epochs leave it at 86.99%). Each method prunes the same trained model to the target FLOPs (fvcore for
 ours, Torch-Pruning's counter for TP; both count convs and linears), then every result is
-fine-tuned with the same budget (``--finetune`` epochs, SGD, cosine). Torch-Pruning
+fine-tuned with the same budget (``--finetune`` epochs, SGD from ``--finetune-lr``, cosine). Torch-Pruning
 (pip install torch-pruning) is optional: without it only our rows are printed.
 
-    python benchmarks/accuracy_per_flop.py [--seeds 0,1,2] [--epochs 10] [--finetune 2] [--distill]
+    python benchmarks/accuracy_per_flop.py [--seeds 0,1,2] [--epochs 40] [--finetune 2] [--finetune-lr 0.01] [--distill]
         [--methods "ours L1,TP local L1"]
 
 ``--distill`` fine-tunes every result (ours and TP's alike) with distillation from the base model.
@@ -140,8 +141,9 @@ TP = {f"TP {'global' if g else 'local'} {imp.upper() if imp != 'taylor' else 'Ta
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--finetune", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=40, help="base model training epochs")
+    p.add_argument("--finetune", type=int, default=2, help="fine-tuning epochs for every pruned model")
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tuning learning rate (cosine to 0)")
     p.add_argument("--targets", default="0.5,0.25")
     p.add_argument("--distill", action="store_true", help="fine-tune every result with distillation from the base")
     p.add_argument("--methods", default="", help="comma-separated row names to run (default: all)")
@@ -165,21 +167,19 @@ def main() -> None:
             for name, options in OURS.items():
                 if wanted(name):
                     pruned = ours(base, example, target, calib, **options)
-                    _record(results, name, target, pruned, base, example, testset, trainset, args.finetune, seed,
-                            teacher)
+                    _record(results, name, target, pruned, base, example, testset, trainset, args, seed, teacher)
             for name, (imp, g) in tp_methods.items():
                 if wanted(name):
                     pruned = prune_tp(base, example, target, calib, imp, g)
-                    _record(results, name, target, pruned, base, example, testset, trainset, args.finetune, seed,
-                            teacher)
+                    _record(results, name, target, pruned, base, example, testset, trainset, args, seed, teacher)
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(_table(results))
 
 
-def _record(results, name, target, pruned, base, example, testset, trainset, epochs, seed, teacher=None):
+def _record(results, name, target, pruned, base, example, testset, trainset, args, seed, teacher=None):
     one_shot = accuracy(pruned, testset)
     flops = count_flops(pruned, example) / count_flops(base, example)
-    tuned = accuracy(train(pruned, trainset, epochs, 0.01, seed, teacher), testset)
+    tuned = accuracy(train(pruned, trainset, args.finetune, args.finetune_lr, seed, teacher), testset)
     results.setdefault((name, target), []).append((one_shot, tuned, flops))
 
 
