@@ -30,32 +30,12 @@ import torchvision
 
 import surgery
 import surgery.rewrite.reference as reference_mod
-import surgery.rewrite.verify as verify_mod
-from surgery.testing import randomize
+from surgery.testing import planted_bug, randomize
 
 CHECKS = {"float64 outputs": dict(verify_dtype="float64", layers=False),
           "float32 outputs": dict(verify_dtype="auto", layers=False),
           "float32 + layers": dict(verify_dtype="auto", layers=True),
           "float64 + layers": dict(verify_dtype="float64", layers=True)}
-
-
-@contextlib.contextmanager
-def planted(layer: str):
-    """Rewrites inside the block swap two kept input columns of ``layer``."""
-    rewrite = verify_mod.rewrite
-
-    def wrong(*args, **kwargs):
-        new = rewrite(*args, **kwargs)
-        w = new.get_submodule(layer).weight
-        with torch.no_grad():
-            w[:, [0, 1]] = w[:, [1, 0]].clone()
-        return new
-
-    verify_mod.rewrite = wrong
-    try:
-        yield
-    finally:
-        verify_mod.rewrite = rewrite
 
 
 @contextlib.contextmanager
@@ -70,7 +50,7 @@ def layer_checks(on: bool):
 
 
 def caught(model: nn.Module, x: torch.Tensor, layer: str, verify_dtype: str, layers: bool) -> bool:
-    with planted(layer), layer_checks(layers):
+    with planted_bug(layer), layer_checks(layers):
         try:
             surgery.prune(model, x, ratio=0.5, verify_dtype=verify_dtype)
         except surgery.VerificationError:

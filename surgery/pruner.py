@@ -113,6 +113,9 @@ def _own_graph(graph: ChannelGraph, model: nn.Module) -> ChannelGraph:
     return graph
 
 
+_MAX_KEPT_CODE = 8  # classes kept whole before a pruned model that does not run is raised
+
+
 @contextlib.contextmanager
 def _said_on_success(defer: bool) -> Iterator[None]:
     """With ``defer``, the warnings of the block are shown only if it returns normally."""
@@ -148,6 +151,7 @@ class Pruner:
         self.criterion = _criteria.get(self.config.criterion)
         self.budget = Budget(model, self.config)
         self._ignored = list(self.config.ignored_layers)
+        self._kept_code: list = []  # classes whose channels are kept because their code broke (export, run)
         self.model = model
         self._owned = self.config.inplace  # after the first rewrite the Pruner owns its copy
         self._callers = model  # edited in place only as itself (never swapped for a GraphModule)
@@ -211,7 +215,7 @@ class Pruner:
         class runs the same code, so all of them keep their channels (as ``ignored_layers``
         would), with a warning. torch.fx sees those sizes: a failure there is a bug, raised."""
         owner = self._owner_code(err.module)
-        if graph.front == "fx" or owner is None:
+        if graph.front == "fx" or owner is None or len(self._kept_code) >= _MAX_KEPT_CODE:
             raise err
         cls = type(self.model.get_submodule(owner))
         names = [n for n, m in self.model.named_modules() if type(m) is cls and n not in self._ignored]
@@ -222,6 +226,7 @@ class Pruner:
                       f"channels of its {len(names)} {cls.__name__} module(s) are kept (as with ignored_layers) "
                       f"and the step is planned again", stacklevel=user_stacklevel())
         self._ignored += names
+        self._kept_code.append(cls)
         self._traced = None
 
     def _owner_code(self, name: str) -> str | None:

@@ -21,8 +21,9 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -30,8 +31,10 @@ import torch.nn as nn
 from surgery.core.errors import ArgumentError
 from surgery.core.inputs import as_inputs, evaluating, flat_tensors
 from surgery.core.metrics import count_params
+from surgery.rewrite import verify
 
-__all__ = ["randomize", "kept_indices", "zeroed_reference", "max_error", "assert_exact", "unmatched_detections"]
+__all__ = ["randomize", "kept_indices", "zeroed_reference", "max_error", "assert_exact", "unmatched_detections",
+           "planted_bug"]
 
 _CONV = nn.modules.conv._ConvNd
 _CONVT = nn.modules.conv._ConvTransposeNd
@@ -192,3 +195,34 @@ def unmatched_detections(want: dict, got: dict, *, box_tol: float = 0.05, score_
         else:
             missing += 1
     return missing
+
+
+@contextlib.contextmanager
+def planted_bug(layer: str) -> Iterator[None]:
+    """Inside the block, every rewrite has a wiring bug: two kept input columns of ``layer``
+    (a qualified name) change places. For measuring what verification catches
+    (``benchmarks/verification_power.py``); never use it outside a test.
+
+    Example:
+        >>> import torch, surgery
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)).double()
+        >>> with planted_bug("1"):
+        ...     surgery.prune(net, torch.randn(3, 4, dtype=torch.float64), ratio=0.5)
+        Traceback (most recent call last):
+        ...
+        surgery.core.errors.VerificationError: ...
+    """
+    rewrite = verify.rewrite
+
+    def wrong(*args: Any, **kwargs: Any) -> nn.Module:
+        new = rewrite(*args, **kwargs)
+        weight = new.get_submodule(layer).weight
+        with torch.no_grad():
+            weight[:, [0, 1]] = weight[:, [1, 0]].clone()
+        return new
+
+    verify.rewrite = wrong
+    try:
+        yield
+    finally:
+        verify.rewrite = rewrite

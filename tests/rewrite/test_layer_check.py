@@ -11,7 +11,7 @@ import surgery.rewrite.reference as reference_mod
 import surgery.rewrite.verify as verify_mod
 from surgery import VerificationError
 from surgery.rewrite.layer_check import fingerprint, layer_error
-from surgery.testing import randomize
+from surgery.testing import planted_bug, randomize
 
 
 def _net(bias: float | None = -100.0) -> nn.Module:
@@ -28,20 +28,6 @@ def _net(bias: float | None = -100.0) -> nn.Module:
 
 
 X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
-
-
-def _swapping_columns(monkeypatch, layer: str) -> None:
-    """A rewrite bug: two kept input columns of ``layer`` change places after the rewrite."""
-    rewrite = verify_mod.rewrite
-
-    def wrong(*args, **kwargs):
-        new = rewrite(*args, **kwargs)
-        w = new.get_submodule(layer).weight
-        with torch.no_grad():
-            w[:, [0, 1]] = w[:, [1, 0]].clone()
-        return new
-
-    monkeypatch.setattr(verify_mod, "rewrite", wrong)
 
 
 def test_a_float32_model_is_checked_in_float32_on_itself_without_a_copy(monkeypatch):
@@ -63,20 +49,19 @@ def test_a_float64_model_is_checked_in_float64_on_itself(monkeypatch):
 
 def test_layer_fingerprints_catch_a_wrong_column_that_the_outputs_hide(monkeypatch):
     net = _net()
-    _swapping_columns(monkeypatch, "3")
-    with pytest.raises(VerificationError, match="'3'") as err:
-        surgery.prune(net, X, ratio=0.5, inplace=True)
-    assert "float64" in str(err.value)  # float32 was in doubt, float64 decided
-    assert net[3].in_channels == 8  # restored
-    monkeypatch.setattr(reference_mod, "watched_layers", lambda *a, **k: {})
-    assert surgery.prune(net, X, ratio=0.5).surgery_verification.exact  # the outputs alone: equal
+    with planted_bug("3"):
+        with pytest.raises(VerificationError, match="'3'") as err:
+            surgery.prune(net, X, ratio=0.5, inplace=True)
+        assert "float64" in str(err.value)  # float32 was in doubt, float64 decided
+        assert net[3].in_channels == 8  # restored
+        monkeypatch.setattr(reference_mod, "watched_layers", lambda *a, **k: {})
+        assert surgery.prune(net, X, ratio=0.5).surgery_verification.exact  # the outputs alone: equal
 
 
 def test_without_float64_to_fall_back_on_a_float32_mismatch_is_conclusive(monkeypatch):
-    _swapping_columns(monkeypatch, "3")
     monkeypatch.setattr(reference_mod, "FLOAT64_LIMIT", 0)
     for net in (_net(), _net(bias=None)):  # seen by layer fingerprints only, and by both
-        with pytest.raises(VerificationError) as err:
+        with planted_bug("3"), pytest.raises(VerificationError) as err:
             surgery.prune(net, X, ratio=0.5)
         assert "in float32" in str(err.value) and "'3'" in str(err.value)
 

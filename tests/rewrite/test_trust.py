@@ -459,6 +459,13 @@ def test_code_that_computes_sizes_the_graph_holds_as_constants_keeps_its_channel
     assert _equal_state(model.state_dict(), before)
 
 
+def test_keeping_code_whole_is_bounded(monkeypatch):
+    monkeypatch.setattr(surgery.pruner, "_MAX_KEPT_CODE", 0)
+    x = torch.randn(2, 5, 4)
+    with pytest.raises(surgery.VerificationError, match="fails on the example inputs in module 'att'"):
+        surgery.prune(SizedNet(), x, ratio=0.5, tracer="export")
+
+
 def test_code_that_fails_after_an_fx_rewrite_is_a_bug_and_raised(monkeypatch):
     """torch.fx sees sizes computed at run time, so a pruned model that does not run is reported."""
     from surgery.rewrite import verify
