@@ -4,19 +4,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch.fx as fx
+import torch.nn as nn
 
 from surgery.ops.attention import head_splits
 from surgery.ops.context import AXES_KEY, CONSTANT_KEY, RuleContext, TensorMeta, iter_vars
-from surgery.ops.registry import function_rule, method_rule, rule_for
+from surgery.ops.registry import function_rule, lookup_layer, method_rule, rule_for
 from surgery.ops.shape_ops import SIZE_OF, SIZE_TAKERS
 
 __all__ = ["analyse"]
 
 
-def analyse(gm: fx.GraphModule, attention: str = "dims") -> RuleContext:
+def analyse(gm: fx.GraphModule, attention: str = "dims", model: nn.Module | None = None) -> RuleContext:
     """Annotate every node with ``node.meta["surgery.axes"]`` and collect slots/patches.
-    ``attention="heads"`` makes whole heads the units of the reshapes that feed attention."""
-    ctx = RuleContext(gm, attention=attention)
+    ``attention="heads"`` makes whole heads the units of the reshapes that feed attention;
+    ``model``: the traced model, whose layers say which dims of their raw tensors are channels."""
+    ctx = RuleContext(gm, attention=attention, model=model)
     if attention == "heads":
         ctx.head_splits = head_splits(gm)
     for node in gm.graph.nodes:
@@ -133,14 +135,37 @@ def _how(node: fx.Node) -> str:
 
 
 def _get_attr(ctx: RuleContext, node: fx.Node) -> Any:
-    """A parameter or buffer read in forward: every dim of size > 1 may be sliced."""
+    """A parameter or buffer read in forward: every dim of size > 1 may be sliced, except the
+    dims its layer's handler never slices (a conv subclass's kernel dims, read by its own
+    forward: weight standardisation's ``weight.reshape(1, out, -1)`` would merge them with
+    the input channels and freeze those)."""
     shape = ctx.shape(node)
     if shape is None:
         return None
     if not ctx.value(node).dtype.is_floating_point or node.meta.get(CONSTANT_KEY):
         return {}  # index tables, masks, tensors the forward made: data, not channels
+    sliced = _handler_dims(ctx.model, node.target) if ctx.model is not None else None
     axes = {}
     for d, n in enumerate(shape):
-        if n > 1:
+        if n > 1 and (sliced is None or d in sliced):
             axes[d] = ctx.add_slot(node.target, f"dim{d}", "param", ctx.fresh(n))
     return axes
+
+
+def _handler_dims(root: nn.Module, target: str) -> set | None:
+    """The dims of the tensor at ``target`` that its module's handler indexes on either side
+    (``tensor_dims``), or None when that is not known (no handler, or a side it cannot say)."""
+    owner, _, attr = target.rpartition(".")
+    try:
+        module = root.get_submodule(owner)
+    except AttributeError:
+        return None
+    entry, _ = lookup_layer(module)
+    handler = entry.handler if entry is not None else None
+    if handler is None:
+        return None
+    sides = [handler.tensor_dims(module, role) for role in ("in", "out")]
+    if any(listed is None for listed in sides):
+        return None
+    dims = {d for listed in sides for name, d in listed if name == attr}
+    return dims or None  # a tensor the handler does not index: every dim, as before

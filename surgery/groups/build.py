@@ -58,7 +58,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Iterable = (),
     check_attention(attention)
     ignored = layer_names(model, ignored_layers, "ignored_layers")
     gm, front = capture(model, example_inputs, leaf_modules, tracer)
-    ctx = analyse(gm, attention)
+    ctx = analyse(gm, attention, model)
     if front != "fx":
         _tie_literals(ctx)
     couple_shared_tensors(ctx, gm)

@@ -117,6 +117,8 @@ class RuleContext:
     head_nodes: list = field(default_factory=list)  # the node of each head split
     notes: list = field(default_factory=list)       # (vars, why): added to the reason if they end frozen
     swaps: list = field(default_factory=list)       # (node, function, vars): call function once vars lose any
+    model: nn.Module | None = None  # the traced model: its layers by name (gm holds empty containers for
+                                    # layers the trace went through)
 
     def split_heads(self) -> bool:
         """Whether the current reshape splits channels into whole, removable heads."""

@@ -100,13 +100,19 @@ class StandardizedConv(nn.Conv2d):
         return F.conv2d(x, w, self.bias, self.stride, self.padding)
 
 
-def test_weight_standardisation_prunes_as_a_normalisation_over_channels(x32):
-    m = prepared(nn.Sequential(StandardizedConv(3, 10, 3, padding=1), nn.ReLU(), StandardizedConv(10, 10, 1),
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_weight_standardisation_prunes_as_a_normalisation_over_channels(x32, kernel):
+    """The fan-in (input channels x kernel) is the standardised dim: pruning through it is not
+    exact. Kernel dims are not channels (the conv handler never slices them), so a 3x3 kernel
+    merged with the input channels by ``reshape(1, out, -1)`` does not freeze them."""
+    m = prepared(nn.Sequential(StandardizedConv(3, 10, 3, padding=1), nn.ReLU(),
+                               StandardizedConv(10, 10, kernel, padding=kernel // 2),
                                nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 5)))
     with pytest.warns(UserWarning, match="batch statistics"):
         p = surgery.prune(m, x32, ratio=0.5)
-    assert p[0].out_channels == p[2].in_channels == p[2].weight.shape[1] == 5  # a 1x1 kernel's fan-in is the
-    assert not p.surgery_verification.exact and p(x32).shape == m(x32).shape  # standardised dim: not exact
+    assert p[0].out_channels == p[2].in_channels == p[2].weight.shape[1] == 5
+    assert p[2].weight.shape[2:] == (kernel, kernel)
+    assert not p.surgery_verification.exact and p(x32).shape == m(x32).shape
 
 
 class FunctionalConv(nn.Conv2d):
@@ -183,5 +189,6 @@ def test_the_bias_of_a_weight_no_rule_can_slice_stays_whole(x32):
 def test_a_layer_subclass_keeps_the_attributes_its_handler_set(x32):
     m = prepared(nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.ReLU(), StandardizedConv(10, 10, 3, padding=1),
                                nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 5)))
-    p = prune_quiet(m, x32, ratio=0.5)  # the literal out_channels (10 -> 5) in its forward is not in_channels
+    p = prune_quiet(m, x32, ratio=0.5, ignored_layers=[m[0]])  # the literal out_channels (10 -> 5) in its
+    # forward is not in_channels (10, kept whole by ignoring the layer before)
     assert p[2].in_channels == p[2].weight.shape[1] == 10 and p[2].out_channels == p[2].weight.shape[0] == 5
