@@ -6,6 +6,7 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
+from surgery.core.inputs import owner_at
 from surgery.ops.attention import head_splits
 from surgery.ops.context import AXES_KEY, CONSTANT_KEY, RuleContext, TensorMeta, iter_vars
 from surgery.ops.registry import function_rule, lookup_layer, method_rule, rule_for
@@ -155,9 +156,8 @@ def _get_attr(ctx: RuleContext, node: fx.Node) -> Any:
 def _handler_dims(root: nn.Module, target: str) -> set | None:
     """The dims of the tensor at ``target`` that its module's handler indexes on either side
     (``tensor_dims``), or None when that is not known (no handler, or a side it cannot say)."""
-    owner, _, attr = target.rpartition(".")
     try:
-        module = root.get_submodule(owner)
+        module, attr = owner_at(root, target)
     except AttributeError:
         return None
     entry, _ = lookup_layer(module)

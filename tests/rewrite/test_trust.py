@@ -469,13 +469,18 @@ def test_keeping_code_whole_is_bounded(monkeypatch):
 def test_code_that_fails_after_an_fx_rewrite_is_a_bug_and_raised(monkeypatch):
     """torch.fx sees sizes computed at run time, so a pruned model that does not run is reported."""
     from surgery.rewrite import verify
+    calls = []
 
     def fails(*args, **kwargs):
+        calls.append(1)
         raise verify.FailsToRun("the pruned model fails on the example inputs in module 'att'", "att")
 
     monkeypatch.setattr(surgery.pruner, "checked_rewrite", fails)
-    with pytest.raises(surgery.VerificationError, match="'att'"):
-        surgery.prune(SizedNet(), torch.randn(2, 5, 4), ratio=0.5, tracer="fx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "kept, planned again" warning either
+        with pytest.raises(surgery.VerificationError, match="'att'"):
+            surgery.prune(SizedNet(), torch.randn(2, 5, 4), ratio=0.5, tracer="fx")
+    assert calls == [1]  # raised at once, not planned again
 
 
 def test_the_summary_of_many_unchecked_norms_is_short_and_the_list_complete():
